@@ -1,0 +1,40 @@
+"""prefill_guard: keep agents on the Anthropic API alive when the API rejects a request.
+
+An ordered pipeline of pluggable error processors may repair a failed request's conversation
+and ask for a retry; the built-in :class:`PrefillErrorHandler` answers the "assistant message
+prefill" 400 of Claude 4.6 and later models.
+"""
+
+from .agent import Agent, AnthropicClient, RunResult
+from .messages import SYSTEM_REMINDER_KEY, MessageList, RawMessage, is_system_reminder
+from .pipeline import Attempt, Pipeline
+from .processors import (
+    PREFILL_REMINDER_TYPE,
+    ParamsProcessor,
+    PrefillErrorHandler,
+    ProcessAPIErrorResult,
+    Processor,
+    RequestParams,
+    is_prefill_rejection,
+)
+
+__all__ = [
+    "PREFILL_REMINDER_TYPE",
+    "SYSTEM_REMINDER_KEY",
+    "Agent",
+    "AnthropicClient",
+    "Attempt",
+    "MessageList",
+    "ParamsProcessor",
+    "Pipeline",
+    "PrefillErrorHandler",
+    "ProcessAPIErrorResult",
+    "Processor",
+    "RawMessage",
+    "RequestParams",
+    "RunResult",
+    "is_prefill_rejection",
+    "is_system_reminder",
+]
+
+__version__ = "0.1.0"

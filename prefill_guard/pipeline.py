@@ -1,0 +1,283 @@
+"""The decision core: which processor runs, the per-processor counts, the cap, the next request.
+
+Everything here is free of I/O. A :class:`Generation` is told "this attempt failed with E" and
+answers, through :meth:`Generation.failed`, whether to retry. That method is a generator which
+*yields* each processor call instead of making it, so one piece of code serves the synchronous
+driver (:func:`run_sync`) and the asynchronous one (:func:`run_async`), and they cannot drift.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from anthropic import APIError
+from anthropic.types import Message
+
+from .messages import MessageList
+from .processors import ParamsProcessor, ProcessAPIErrorResult, Processor, RequestParams
+
+__all__ = ["Attempt", "Generation", "Pipeline", "run_async", "run_sync"]
+
+logger = logging.getLogger("prefill_guard")
+
+T = TypeVar("T")
+AnyProcessor = Processor | ParamsProcessor
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One request of a generation and what came of it.
+
+    ``error`` is ``None`` for the attempt that succeeded; ``retried_by`` names the processor
+    whose ``retry=True`` caused the next attempt, or is ``None`` when nobody retried.
+    """
+
+    number: int
+    error: BaseException | None
+    request_id: str | None
+    retried_by: str | None = None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    processor: AnyProcessor
+    id: str
+    takes_params: bool
+    is_async: bool
+
+
+@dataclass(frozen=True)
+class Step:
+    """One processor call that the core asks its driver to make."""
+
+    processor_id: str
+    hook: Callable[..., object]
+    kwargs: dict[str, Any]
+
+    def __call__(self) -> object:
+        return self.hook(**self.kwargs)
+
+
+def _accepts_params(hook: Callable[..., object]) -> bool:
+    try:
+        parameters = inspect.signature(hook).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "params" or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def _register(processor: object, where: str) -> _Entry:
+    if isinstance(processor, type):
+        raise TypeError(
+            f"{where}: got the class {processor.__name__}; pass an instance, "
+            f"e.g. {processor.__name__}()"
+        )
+    hook = getattr(processor, "process_api_error", None)
+    if not callable(hook):
+        raise TypeError(f"{where}: {processor!r} has no process_api_error() method")
+    processor_id = getattr(processor, "id", None)
+    if not isinstance(processor_id, str) or not processor_id:
+        raise TypeError(f"{where}: {processor!r} needs a non-empty str 'id'")
+    return _Entry(
+        processor=processor,  # type: ignore[arg-type]
+        id=processor_id,
+        takes_params=_accepts_params(hook),
+        is_async=inspect.iscoroutinefunction(hook),
+    )
+
+
+class Pipeline:
+    """The ordered processors and the retry cap: validated once, immutable, safe to share."""
+
+    __slots__ = ("_entries", "max_processor_retries")
+
+    def __init__(
+        self, processors: Iterable[AnyProcessor] = (), *, max_processor_retries: int = 3
+    ) -> None:
+        if isinstance(processors, (str, bytes)) or not isinstance(processors, Iterable):
+            raise TypeError(
+                f"error_processors must be a list of processors, got {type(processors).__name__}"
+            )
+        if not isinstance(max_processor_retries, int) or max_processor_retries < 0:
+            raise ValueError(
+                f"max_processor_retries must be an int >= 0, got {max_processor_retries!r}"
+            )
+        entries = tuple(_register(p, f"error_processors[{i}]") for i, p in enumerate(processors))
+        seen: dict[str, int] = {}
+        for index, entry in enumerate(entries):
+            if entry.id in seen:
+                raise ValueError(
+                    f"error_processors[{index}]: duplicate processor id {entry.id!r} "
+                    f"(also at error_processors[{seen[entry.id]}])"
+                )
+            seen[entry.id] = index
+        self._entries = entries
+        self.max_processor_retries = max_processor_retries
+
+    @property
+    def processors(self) -> tuple[AnyProcessor, ...]:
+        """The registered processors, in the order they run."""
+        return tuple(entry.processor for entry in self._entries)
+
+    def require_sync(self, caller: str) -> None:
+        """Refuse a synchronous run that would have to skip an ``async def`` processor."""
+        for entry in self._entries:
+            if entry.is_async:
+                raise TypeError(
+                    f"processor {entry.id!r} has an async process_api_error(); {caller} is "
+                    "synchronous and cannot await it. Use the async twin (agenerate/astream) "
+                    "or register a synchronous processor."
+                )
+
+    def begin(self, messages: MessageList, params: RequestParams) -> Generation:
+        """Start the state of one generation over ``messages`` with request ``params``."""
+        return Generation(self, messages, params)
+
+
+class Generation:
+    """One generation's mutable state: the conversation, the parameters, counts and attempts.
+
+    Made per call and never shared, which is what keeps an Agent safe across threads and tasks.
+    """
+
+    def __init__(self, pipeline: Pipeline, messages: MessageList, params: RequestParams) -> None:
+        self.messages = messages
+        self.params = params
+        self._pipeline = pipeline
+        self._retry_counts = [0] * len(pipeline._entries)
+        self._processor_retries = 0
+        self._attempts: list[Attempt] = []
+
+    @property
+    def attempts(self) -> tuple[Attempt, ...]:
+        """The attempts so far, in order."""
+        return tuple(self._attempts)
+
+    def request(self) -> dict[str, Any]:
+        """The next attempt's request, rebuilt from the conversation (hidden metadata removed)."""
+        return {**self.params, "messages": self.messages.to_api()}
+
+    def succeeded(self, message: Message) -> None:
+        """Record the successful attempt and append the reply to the conversation."""
+        self._attempts.append(
+            Attempt(len(self._attempts) + 1, None, getattr(message, "_request_id", None))
+        )
+        self.messages.append(message)  # type: ignore[arg-type]  # MessageList converts Message
+
+    def failed(self, error: BaseException) -> Generator[Step, object, bool]:
+        """Decide whether to retry after ``error``; yields processor calls for a driver to make.
+
+        Returns ``True`` when a processor asked for a retry within the cap. A processor that
+        raises is logged and skipped, and what it changed in the list or params is undone.
+        """
+        retried_by: str | None = None
+        try:
+            if not isinstance(error, APIError) or not self._entries_allowed(error):
+                return False
+            for index, entry in enumerate(self._pipeline._entries):
+                kwargs: dict[str, Any] = {
+                    "error": error,
+                    "messages": self.messages,
+                    "retry_count": self._retry_counts[index],
+                }
+                if entry.takes_params:
+                    kwargs["params"] = self.params
+                saved_messages, saved_params = list(self.messages), dict(self.params)
+                try:
+                    result = yield Step(entry.id, entry.processor.process_api_error, kwargs)
+                except Exception:
+                    logger.exception(
+                        "processor %r raised while handling %s; skipped",
+                        entry.id,
+                        type(error).__name__,
+                    )
+                    self.messages[:] = saved_messages
+                    self.params.clear()
+                    self.params.update(saved_params)
+                    continue
+                if result is not None and not isinstance(result, ProcessAPIErrorResult):
+                    logger.error(
+                        "processor %r returned %r; expected ProcessAPIErrorResult or None; ignored",
+                        entry.id,
+                        result,
+                    )
+                    continue
+                if result is not None and result.retry:
+                    self._retry_counts[index] += 1
+                    self._processor_retries += 1
+                    retried_by = entry.id
+                    logger.info(
+                        "retrying after %s (request id %s): processor %r repaired the request",
+                        type(error).__name__,
+                        getattr(error, "request_id", None),
+                        entry.id,
+                    )
+                    return True
+            return False
+        finally:
+            self._attempts.append(
+                Attempt(
+                    len(self._attempts) + 1,
+                    error,
+                    getattr(error, "request_id", None),
+                    retried_by,
+                )
+            )
+
+    def _entries_allowed(self, error: APIError) -> bool:
+        if self._processor_retries < self._pipeline.max_processor_retries:
+            return True
+        logger.info(
+            "not consulting processors for %s: max_processor_retries=%d reached",
+            type(error).__name__,
+            self._pipeline.max_processor_retries,
+        )
+        return False
+
+
+def _refuse_awaitable(step: Step, result: object) -> TypeError:
+    if inspect.iscoroutine(result):
+        result.close()
+    return TypeError(
+        f"processor {step.processor_id!r} returned an awaitable in a synchronous run; "
+        "use the async twin (agenerate/astream) for async processors"
+    )
+
+
+def run_sync(steps: Generator[Step, object, T]) -> T:
+    """Drive the core synchronously: make each yielded processor call and send back its result."""
+    try:
+        step = next(steps)
+        while True:
+            try:
+                result = step()
+            except Exception as exc:
+                step = steps.throw(exc)
+                continue
+            if inspect.isawaitable(result):
+                steps.close()
+                raise _refuse_awaitable(step, result)
+            step = steps.send(result)
+    except StopIteration as stop:
+        return cast(T, stop.value)
+
+
+async def run_async(steps: Generator[Step, object, T]) -> T:
+    """Drive the core asynchronously: like :func:`run_sync`, awaiting ``async def`` hooks."""
+    try:
+        step = next(steps)
+        while True:
+            try:
+                result = step()
+                if inspect.isawaitable(result):
+                    result = await result
+            except Exception as exc:
+                step = steps.throw(exc)
+                continue
+            step = steps.send(result)
+    except StopIteration as stop:
+        return cast(T, stop.value)

@@ -1,0 +1,804 @@
+"""An in-process emulator of the Anthropic Messages API, for tests.
+
+`AnthropicEmulator` is a real HTTP server on 127.0.0.1 that the real `anthropic` SDK can talk to.
+It answers ``POST /v1/messages`` with the same body shapes and error texts as the real API,
+including the 400 that Claude 4.6-and-later models give for an assistant-message prefill, and it
+can be scripted with `Fault` answers (529, 429, HTML 502 pages, ...) to exercise retry logic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import re
+import secrets
+import socket
+import string
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import anthropic
+import httpx2
+
+__all__ = [
+    "DEFAULT_REPLY_TEXT",
+    "PREFILL_MESSAGE",
+    "PREFILL_NOT_SUPPORTED_MESSAGE",
+    "AnthropicEmulator",
+    "Fault",
+    "RecordedRequest",
+    "make_api_error",
+    "model_rejects_prefill",
+]
+
+DEFAULT_REPLY_TEXT: Final[str] = "Hello from the prefill_guard emulator."
+"""The assistant text the emulator answers with when no other reply is configured."""
+
+PREFILL_MESSAGE: Final[str] = (
+    "This model does not support assistant message prefill. "
+    "The conversation must end with a user message."
+)
+"""The exact error message the API gives when a model that rejects prefill gets one."""
+
+PREFILL_NOT_SUPPORTED_MESSAGE: Final[str] = PREFILL_MESSAGE
+"""Alias of `PREFILL_MESSAGE`."""
+
+TRAILING_WHITESPACE_MESSAGE: Final[str] = (
+    "final assistant content cannot end with trailing whitespace"
+)
+WHITESPACE_TEXT_MESSAGE: Final[str] = (
+    "messages: text content blocks must contain non-whitespace text"
+)
+STREAMING_NOT_SUPPORTED_MESSAGE: Final[str] = (
+    "stream: streaming is not supported by this emulator yet"
+)
+MISSING_API_KEY_MESSAGE: Final[str] = "x-api-key header is required"
+EMPTY_CONTENT_MESSAGE: Final[str] = (
+    "all messages must have non-empty content except for the optional final assistant message"
+)
+
+_NOT_AN_OBJECT: Final[str] = "Input should be a valid dictionary or object to extract fields from"
+_MESSAGES_PATH: Final[str] = "/v1/messages"
+_MAX_BODY_BYTES: Final[int] = 32 * 1024 * 1024  # the real API's request-size limit
+_ID_ALPHABET: Final[str] = string.ascii_letters + string.digits
+
+# claude-<family>-<major>[-<minor>][-YYYYMMDD]; the minor is one or two digits so that a date
+# suffix right after the major ("claude-opus-4-20250514") is not read as a minor version.
+_MODEL_RE: Final[re.Pattern[str]] = re.compile(
+    r"claude-(?P<family>[a-z]+)-(?P<major>\d{1,2})(?:-(?P<minor>\d{1,2}))?(?:-\d{8})?"
+)
+_DATED_NAME_RE: Final[re.Pattern[str]] = re.compile(r"(?P<base>.+)-\d{8}")
+
+_ERROR_TYPES: Final[Mapping[int, tuple[str, str]]] = {
+    400: (
+        "invalid_request_error",
+        "There was an issue with the format or content of your request.",
+    ),
+    401: ("authentication_error", "invalid x-api-key"),
+    402: ("billing_error", "Your credit balance is too low to access the Anthropic API."),
+    403: (
+        "permission_error",
+        "Your API key does not have permission to use the specified resource.",
+    ),
+    404: ("not_found_error", "Not Found"),
+    413: ("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+    429: ("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"),
+    500: ("api_error", "Internal server error"),
+    504: ("timeout_error", "Request timed out"),
+    529: ("overloaded_error", "Overloaded"),
+}
+
+
+def model_rejects_prefill(model: str) -> bool:
+    """Default emulator rule: True for the Claude 4.6-and-later families.
+
+    Names shaped ``claude-<family>-<major>[-<minor>][-YYYYMMDD]`` are compared by
+    ``(major, minor) >= (4, 6)``; old-style names (``claude-3-5-sonnet-...``) and unknown shapes
+    are False.
+    """
+    match = _MODEL_RE.fullmatch(model.strip().lower())
+    if match is None:
+        return False
+    major = int(match["major"])
+    minor = int(match["minor"]) if match["minor"] is not None else 0
+    return (major, minor) >= (4, 6)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scripted answer that replaces the emulator's normal handling of one request.
+
+    ``body`` may be a dict (sent as JSON), a str (sent as-is, e.g. an HTML 502 page) or None (the
+    API's standard error body for ``status``); ``headers`` are added to, and override, the defaults.
+    """
+
+    status: int
+    body: dict[str, Any] | str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One HTTP request the emulator received, kept so tests can assert on what was sent.
+
+    ``headers`` has lower-cased names; ``body`` is the parsed JSON, the raw text when it was not
+    JSON, or None when the request had no body.
+    """
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: Any
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
+
+
+def _reason_phrase(status: int) -> str:
+    if status == 529:
+        return "Overloaded"
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _standard_error(status: int) -> tuple[str, str]:
+    known = _ERROR_TYPES.get(status)
+    if known is not None:
+        return known
+    phrase = _reason_phrase(status) or f"HTTP {status}"
+    return ("api_error" if status >= 500 else "invalid_request_error", phrase)
+
+
+def _error_body(status: int, message: str | None = None) -> dict[str, Any]:
+    error_type, default_message = _standard_error(status)
+    return {
+        "type": "error",
+        "error": {"type": error_type, "message": default_message if message is None else message},
+        "request_id": _new_id("req_"),
+    }
+
+
+_STATUS_ERROR_CLASSES: Final[Mapping[int, type[anthropic.APIStatusError]]] = {
+    400: anthropic.BadRequestError,
+    401: anthropic.AuthenticationError,
+    403: anthropic.PermissionDeniedError,
+    404: anthropic.NotFoundError,
+    409: anthropic.ConflictError,
+    413: anthropic.RequestTooLargeError,
+    422: anthropic.UnprocessableEntityError,
+    429: anthropic.RateLimitError,
+    529: anthropic.OverloadedError,
+}
+
+
+def make_api_error(
+    status: int,
+    message: str | None = None,
+    *,
+    body: dict[str, Any] | str | None = None,
+    request_id: str | None = None,
+    error_type: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> anthropic.APIStatusError:
+    """Build the `anthropic.APIStatusError` subclass the SDK would raise for such a response.
+
+    For unit tests that need an API error without a server: by default the body is the API's
+    standard error body for `status` (``message``/``error_type``/``request_id`` override its parts);
+    ``body`` (a dict, or a str such as an HTML page) replaces it entirely.
+    """
+    if body is None:
+        error_body = _error_body(status, message)
+        if error_type is not None:
+            error_body["error"]["type"] = error_type
+        if request_id is not None:
+            error_body["request_id"] = request_id
+        payload: dict[str, Any] | str = error_body
+    else:
+        payload = body
+    if isinstance(payload, str):
+        content = payload.encode("utf-8")
+        payload = payload.strip()  # the SDK keeps the stripped text as `body`
+        content_type = "text/html" if payload.lstrip().startswith("<") else "text/plain"
+        err_msg = payload.strip() or f"Error code: {status}"
+    else:
+        content = json.dumps(payload).encode("utf-8")
+        content_type = "application/json"
+        err_msg = f"Error code: {status} - {payload}"
+        if request_id is None and isinstance(payload.get("request_id"), str):
+            request_id = payload["request_id"]
+    response_headers = {
+        "content-type": content_type,
+        "request-id": request_id or _new_id("req_"),
+        **{name.lower(): value for name, value in (headers or {}).items()},
+    }
+    response = httpx2.Response(
+        status,
+        headers=response_headers,
+        content=content,
+        request=httpx2.Request("POST", "https://api.anthropic.com/v1/messages"),
+    )
+    return _status_error(err_msg, body=payload, response=response)
+
+
+def _status_error(
+    err_msg: str, *, body: object, response: httpx2.Response
+) -> anthropic.APIStatusError:
+    """Pick the exception class exactly as the SDK does, falling back to a public-class table."""
+    # The SDK's factory is a client method that does not use its instance; calling it unbound
+    # keeps make_api_error in step with the installed SDK (error_code subclasses included).
+    factory: Any = getattr(anthropic.Anthropic, "_make_status_error", None)
+    if factory is not None:
+        with contextlib.suppress(Exception):
+            error = factory(None, err_msg, body=body, response=response)
+            if isinstance(error, anthropic.APIStatusError):
+                return error
+    status = response.status_code
+    error_class = _STATUS_ERROR_CLASSES.get(status) or (
+        anthropic.InternalServerError if status >= 500 else anthropic.APIStatusError
+    )
+    return error_class(err_msg, response=response, body=body)
+
+
+class _Reject(Exception):
+    """Internal: a validation failure that becomes an error response."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    body: bytes
+    headers: Mapping[str, str]  # lower-cased names
+
+
+def _json_response(status: int, body: Mapping[str, Any]) -> _Response:
+    request_id = body.get("request_id")
+    if not isinstance(request_id, str):
+        request_id = _new_id("req_")
+    return _Response(
+        status=status,
+        body=json.dumps(body).encode("utf-8"),
+        headers={"content-type": "application/json", "request-id": request_id},
+    )
+
+
+def _fault_response(fault: Fault) -> _Response:
+    if isinstance(fault.body, str):
+        content_type = "text/html" if fault.body.lstrip().startswith("<") else "text/plain"
+        response = _Response(
+            status=fault.status,
+            body=fault.body.encode("utf-8"),
+            headers={
+                "content-type": f"{content_type}; charset=utf-8",
+                "request-id": _new_id("req_"),
+            },
+        )
+    else:
+        body = _error_body(fault.status) if fault.body is None else fault.body
+        response = _json_response(fault.status, body)
+    headers = dict(response.headers)
+    headers.update({name.lower(): value for name, value in fault.headers.items()})
+    return _Response(status=response.status, body=response.body, headers=headers)
+
+
+def _count_words(value: Any) -> int:
+    """Roughly count the words of all text found in a request value (for `usage`)."""
+    if isinstance(value, str):
+        return len(value.split())
+    if isinstance(value, list):
+        return sum(_count_words(item) for item in value)
+    if isinstance(value, dict):
+        total = 0
+        for key in ("text", "content", "system"):
+            if key in value:
+                total += _count_words(value[key])
+        return total
+    return 0
+
+
+def _is_blank(text: str) -> bool:
+    return not text.strip()
+
+
+class _Server(ThreadingHTTPServer):
+    """ThreadingHTTPServer that tracks its open connections so `stop()` can end them."""
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 128  # the default of 5 drops bursts of concurrent connections
+
+    def __init__(self, address: tuple[str, int], emulator: AnthropicEmulator) -> None:
+        self.emulator = emulator
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name="prefill_guard-emulator-connection",
+            daemon=True,
+        )
+        with self._connections_lock:
+            self._connections[request] = thread
+        thread.start()
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.pop(request, None)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients dropping connections is routine (keep-alive pools, stop()); stay quiet then.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
+    def close_connections(self, timeout: float) -> None:
+        """End every open connection and wait (up to `timeout` each) for its thread to finish."""
+        with self._connections_lock:
+            connections = list(self._connections.items())
+        for sock, _ in connections:
+            with contextlib.suppress(OSError):  # already closed by its handler thread
+                sock.shutdown(socket.SHUT_RDWR)
+        for _, thread in connections:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Per-connection request handler; all the API logic lives in `AnthropicEmulator`."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "prefill_guard-emulator/1"
+    sys_version = ""
+    disable_nagle_algorithm = True  # avoid 40 ms Nagle/delayed-ACK stalls on keep-alive
+    timeout = 60.0  # idle keep-alive connections are dropped after this many seconds
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Stay silent: tests should not see access logs on stderr."""
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_PUT(self) -> None:
+        self._handle()
+
+    def do_PATCH(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def do_OPTIONS(self) -> None:
+        self._handle()
+
+    def do_HEAD(self) -> None:
+        self._handle(send_body=False)
+
+    def _read_body(self) -> bytes | None:
+        """Read the request body; on a framing problem answer it, close, and return None."""
+        if self.headers.get("transfer-encoding", "").strip().lower() == "chunked":
+            return self._read_chunked()
+        raw_length = self.headers.get("content-length")
+        if raw_length is None:
+            return b""
+        digits = raw_length.strip()
+        length = int(digits) if digits.isascii() and digits.isdigit() else -1
+        if length < 0:
+            self.close_connection = True
+            self._send(_json_response(400, _error_body(400, "Invalid Content-Length header")))
+            return None
+        if length > _MAX_BODY_BYTES:
+            self.close_connection = True
+            self._send(_json_response(413, _error_body(413)))
+            return None
+        data = self.rfile.read(length)
+        if len(data) < length:  # client went away mid-body
+            self.close_connection = True
+            return None
+        return data
+
+    def _read_chunked(self) -> bytes | None:
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                self.close_connection = True
+                self._send(_json_response(400, _error_body(400, "Invalid chunked encoding")))
+                return None
+            if size == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # discard trailers
+                return b"".join(chunks)
+            total += size
+            if total > _MAX_BODY_BYTES:
+                self.close_connection = True
+                self._send(_json_response(413, _error_body(413)))
+                return None
+            chunk = self.rfile.read(size)
+            self.rfile.readline(1024)
+            if len(chunk) < size:
+                self.close_connection = True
+                return None
+            chunks.append(chunk)
+
+    def _handle(self, *, send_body: bool = True) -> None:
+        try:
+            raw = self._read_body()
+        except OSError:
+            self.close_connection = True
+            return
+        if raw is None:
+            return
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            key = name.lower()
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        response = self.server.emulator._respond(self.command, self.path, headers, raw)
+        self._send(response, send_body=send_body)
+
+    def _send(self, response: _Response, *, send_body: bool = True) -> None:
+        try:
+            self.send_response(response.status, _reason_phrase(response.status))
+            for name, value in response.headers.items():
+                if name not in ("content-length", "connection"):
+                    self.send_header(name, value)
+            bodiless = response.status < 200 or response.status in (204, 304)
+            if not bodiless:
+                self.send_header("Content-Length", str(len(response.body)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            if send_body and not bodiless:
+                self.wfile.write(response.body)
+        except OSError:
+            self.close_connection = True
+
+
+class AnthropicEmulator:
+    """A local HTTP server that emulates the Anthropic Messages API for tests.
+
+    Run it with ``with AnthropicEmulator() as emu:`` (or `start`/`stop`) and point the real SDK at
+    `base_url`; it records every request and can be scripted with `Fault` answers.
+    """
+
+    def __init__(
+        self,
+        *,
+        no_prefill_models: Iterable[str] | None = None,
+        reply: str | Callable[[dict[str, Any]], str] = DEFAULT_REPLY_TEXT,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        """Configure (but do not start) the emulator.
+
+        ``no_prefill_models=None`` uses `model_rejects_prefill`; otherwise exactly those names (each
+        also with a ``-YYYYMMDD`` suffix) reject prefill. ``reply`` is the assistant text, or a
+        callable that gets the parsed request body and returns it.
+        """
+        self._no_prefill_models: frozenset[str] | None = (
+            None if no_prefill_models is None else frozenset(no_prefill_models)
+        )
+        self._reply = reply
+        self._host = host
+        self._requested_port = port
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._faults: list[Fault] = []
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._port: int | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> AnthropicEmulator:
+        """Bind the socket and serve in a daemon thread; returns self (a no-op if running)."""
+        with self._lock:
+            if self._server is not None:
+                return self
+            server = _Server((self._host, self._requested_port), self)
+            self._port = int(server.server_address[1])
+            thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.01},  # bounds how long stop() waits
+                name=f"prefill_guard-emulator-{self._port}",
+                daemon=True,
+            )
+            self._server = server
+            self._thread = thread
+        thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, end open keep-alive connections, join the thread and close the socket.
+
+        Safe to call more than once, and returns promptly even while clients hold connections.
+        """
+        with self._lock:
+            server, thread = self._server, self._thread
+            self._server = None
+            self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        if thread is not None:
+            thread.join()
+        server.close_connections(timeout=2.0)
+        server.server_close()
+
+    def __enter__(self) -> AnthropicEmulator:
+        """Start the emulator for the duration of a ``with`` block."""
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Stop the emulator at the end of a ``with`` block."""
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is currently started."""
+        with self._lock:
+            return self._server is not None
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server is (or was last) bound to; raises if it was never started."""
+        if self._port is None:
+            raise RuntimeError("the AnthropicEmulator has not been started")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """The URL to give the SDK as ``base_url``, e.g. ``http://127.0.0.1:54321``."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}"
+
+    # -- recording and scripting ---------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A copy of every request received so far (any path), in arrival order.
+
+        Requests whose body could not be read (bad Content-Length, client gone) are not recorded.
+        """
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def message_requests(self) -> list[RecordedRequest]:
+        """A copy of the received ``POST /v1/messages`` requests, in arrival order."""
+        return [
+            request
+            for request in self.requests
+            if request.method == "POST" and urlsplit(request.path).path == _MESSAGES_PATH
+        ]
+
+    def script(self, *faults: Fault) -> None:
+        """Queue faults: each next request (any path) consumes one, in order, as its answer."""
+        with self._lock:
+            self._faults.extend(faults)
+
+    @property
+    def pending_faults(self) -> list[Fault]:
+        """A copy of the scripted faults that no request has consumed yet."""
+        with self._lock:
+            return list(self._faults)
+
+    def reset(self) -> None:
+        """Forget all recorded requests and drop any pending scripted faults."""
+        with self._lock:
+            self._requests.clear()
+            self._faults.clear()
+
+    # -- SDK clients ---------------------------------------------------------------------------
+
+    def client(self, **kwargs: Any) -> anthropic.Anthropic:
+        """A sync SDK client pointed at this emulator (``max_retries=0``); kwargs override."""
+        options: dict[str, Any] = {
+            "api_key": "test-key",
+            "base_url": self.base_url,
+            "max_retries": 0,
+            **kwargs,
+        }
+        return anthropic.Anthropic(**options)
+
+    def async_client(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
+        """An async SDK client pointed at this emulator (``max_retries=0``); kwargs override."""
+        options: dict[str, Any] = {
+            "api_key": "test-key",
+            "base_url": self.base_url,
+            "max_retries": 0,
+            **kwargs,
+        }
+        return anthropic.AsyncAnthropic(**options)
+
+    # -- request handling (called from server threads) -----------------------------------------
+
+    def rejects_prefill(self, model: str) -> bool:
+        """Whether this emulator treats `model` as one that rejects assistant-message prefill."""
+        if self._no_prefill_models is None:
+            return model_rejects_prefill(model)
+        if model in self._no_prefill_models:
+            return True
+        dated = _DATED_NAME_RE.fullmatch(model)
+        return dated is not None and dated["base"] in self._no_prefill_models
+
+    def _respond(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> _Response:
+        text = raw.decode("utf-8", errors="replace")
+        body: Any
+        if not raw:
+            body = None
+        else:
+            try:
+                body = json.loads(text)
+            except ValueError:
+                body = text
+        with self._lock:
+            self._requests.append(RecordedRequest(method, path, headers, body))
+            fault = self._faults.pop(0) if self._faults else None
+        if fault is not None:
+            return _fault_response(fault)
+        if method != "POST" or urlsplit(path).path != _MESSAGES_PATH:
+            return _json_response(404, _error_body(404))
+        try:
+            return self._messages(headers, raw, body)
+        except _Reject as reject:
+            return _json_response(reject.status, _error_body(reject.status, reject.message))
+
+    def _messages(self, headers: Mapping[str, str], raw: bytes, body: Any) -> _Response:
+        self._check_auth(headers)
+        if not raw:
+            raise _Reject(400, "Request body is not valid JSON")
+        if isinstance(body, str):
+            raise _Reject(400, "Request body is not valid JSON")
+        if not isinstance(body, dict):
+            raise _Reject(400, "Request body must be a JSON object")
+        model = self._check_params(body)
+        messages: list[Any] = body["messages"]
+        for index, message in enumerate(messages):
+            self._check_message(index, message)
+        last = messages[-1]
+        ends_with_assistant = last["role"] == "assistant"
+        checked = messages[:-1] if ends_with_assistant else messages
+        for index, message in enumerate(checked):
+            if message["content"] == []:
+                raise _Reject(400, f"messages.{index}: {EMPTY_CONTENT_MESSAGE}")
+            if _has_blank_text(message["content"]):
+                raise _Reject(400, WHITESPACE_TEXT_MESSAGE)
+        if ends_with_assistant:
+            if self.rejects_prefill(model):
+                raise _Reject(400, PREFILL_MESSAGE)
+            final_text = _final_text(last["content"])
+            if final_text is not None and final_text != final_text.rstrip():
+                raise _Reject(400, TRAILING_WHITESPACE_MESSAGE)
+        if body.get("stream") is True:
+            raise _Reject(400, STREAMING_NOT_SUPPORTED_MESSAGE)
+        try:
+            reply = self._reply(copy.deepcopy(body)) if callable(self._reply) else self._reply
+        except Exception as exc:  # surface a broken reply callable as an API error, not a hang
+            raise _Reject(500, f"emulator reply callable raised {exc!r}") from exc
+        return _json_response(
+            200,
+            {
+                "id": _new_id("msg_"),
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": reply}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": max(
+                        1, _count_words(messages) + _count_words(body.get("system"))
+                    ),
+                    "output_tokens": max(1, len(reply.split())),
+                },
+            },
+        )
+
+    @staticmethod
+    def _check_auth(headers: Mapping[str, str]) -> None:
+        if headers.get("x-api-key", "").strip():
+            return
+        scheme, _, token = headers.get("authorization", "").strip().partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return
+        raise _Reject(401, MISSING_API_KEY_MESSAGE)
+
+    @staticmethod
+    def _check_params(body: dict[str, Any]) -> str:
+        if "model" not in body:
+            raise _Reject(400, "model: Field required")
+        model = body["model"]
+        if not isinstance(model, str):
+            raise _Reject(400, "model: Input should be a valid string")
+        if not model:
+            raise _Reject(400, "model: String should have at least 1 character")
+        if "max_tokens" not in body:
+            raise _Reject(400, "max_tokens: Field required")
+        max_tokens = body["max_tokens"]
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+            raise _Reject(400, "max_tokens: Input should be a valid integer")
+        if max_tokens < 1:
+            raise _Reject(400, "max_tokens: Input should be greater than or equal to 1")
+        if "messages" not in body:
+            raise _Reject(400, "messages: Field required")
+        messages = body["messages"]
+        if not isinstance(messages, list):
+            raise _Reject(400, "messages: Input should be a valid list")
+        if not messages:
+            raise _Reject(400, "messages: at least one message is required")
+        return model
+
+    @staticmethod
+    def _check_message(index: int, message: Any) -> None:
+        where = f"messages.{index}"
+        if not isinstance(message, dict):
+            raise _Reject(400, f"{where}: {_NOT_AN_OBJECT}")
+        for key in message:
+            if key not in ("role", "content"):
+                raise _Reject(400, f"{where}.{key}: Extra inputs are not permitted")
+        if "role" not in message:
+            raise _Reject(400, f"{where}.role: Field required")
+        if message["role"] not in ("user", "assistant"):
+            raise _Reject(400, f"{where}.role: Input should be 'user' or 'assistant'")
+        if "content" not in message:
+            raise _Reject(400, f"{where}.content: Field required")
+        content = message["content"]
+        if isinstance(content, str):
+            return
+        if not isinstance(content, list):
+            raise _Reject(400, f"{where}.content: Input should be a valid string or list")
+        for block_index, block in enumerate(content):
+            block_where = f"{where}.content.{block_index}"
+            if not isinstance(block, dict):
+                raise _Reject(400, f"{block_where}: {_NOT_AN_OBJECT}")
+            if "type" not in block:
+                raise _Reject(400, f"{block_where}.type: Field required")
+            if not isinstance(block["type"], str):
+                raise _Reject(400, f"{block_where}.type: Input should be a valid string")
+            if block["type"] == "text":
+                if "text" not in block:
+                    raise _Reject(400, f"{block_where}.text: Field required")
+                if not isinstance(block["text"], str):
+                    raise _Reject(400, f"{block_where}.text: Input should be a valid string")
+
+
+def _has_blank_text(content: str | list[dict[str, Any]]) -> bool:
+    if isinstance(content, str):
+        return _is_blank(content)
+    return any(block["type"] == "text" and _is_blank(block["text"]) for block in content)
+
+
+def _final_text(content: str | list[dict[str, Any]]) -> str | None:
+    if isinstance(content, str):
+        return content
+    for block in reversed(content):
+        if block["type"] == "text":
+            text: str = block["text"]
+            return text
+    return None

@@ -1,0 +1,371 @@
+"""The Agent end to end: the real anthropic SDK over real HTTP against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import anthropic
+import pytest
+
+from prefill_guard import (
+    Agent,
+    MessageList,
+    PrefillErrorHandler,
+    ProcessAPIErrorResult,
+    RunResult,
+)
+from prefill_guard.testing import (
+    DEFAULT_REPLY_TEXT,
+    PREFILL_MESSAGE,
+    AnthropicEmulator,
+    Fault,
+)
+
+MODEL = "claude-opus-4-6"
+ENDS_WITH_ASSISTANT = [
+    {"role": "user", "content": "Write a haiku."},
+    {"role": "assistant", "content": "Here is one"},
+]
+REMINDER_ON_WIRE = {"role": "user", "content": "<system-reminder>continue</system-reminder>"}
+PREFILL_FAULT = Fault(
+    400, {"type": "error", "error": {"type": "invalid_request_error", "message": PREFILL_MESSAGE}}
+)
+
+
+class Capture:
+    """Records every error object a pipeline hands to processors; never retries."""
+
+    id = "capture"
+
+    def __init__(self) -> None:
+        self.errors: list[anthropic.APIError] = []
+
+    def process_api_error(
+        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        self.errors.append(error)
+        return None
+
+
+def _wire_messages(emulator: AnthropicEmulator) -> list[list[dict[str, Any]]]:
+    return [r.body["messages"] for r in emulator.message_requests]
+
+
+def _assert_recovered(result: RunResult, emulator: AnthropicEmulator) -> None:
+    wire = _wire_messages(emulator)
+    assert len(wire) == 2
+    assert wire[0] == ENDS_WITH_ASSISTANT
+    assert wire[1] == [*ENDS_WITH_ASSISTANT, REMINDER_ON_WIRE]
+    assert all("metadata" not in m for request in wire for m in request)
+    assert result.text == DEFAULT_REPLY_TEXT
+    assert result.retried_by == ("prefill-error-handler",)
+    assert [a.error is None for a in result.attempts] == [False, True]
+    assert result.messages.to_ui() == [
+        *ENDS_WITH_ASSISTANT,
+        {"role": "assistant", "content": [{"type": "text", "text": DEFAULT_REPLY_TEXT}]},
+    ]
+
+
+def test_sync_recovers_in_exactly_two_requests(anthropic_emulator: AnthropicEmulator) -> None:
+    """Prefill 400, then the reminder goes on the wire (no metadata) and the retry succeeds."""
+    with anthropic_emulator.client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[PrefillErrorHandler()])
+        result = agent.generate(ENDS_WITH_ASSISTANT)
+    _assert_recovered(result, anthropic_emulator)
+
+
+async def test_async_recovers_in_exactly_two_requests(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """The async twin takes the same two requests."""
+    async with anthropic_emulator.async_client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[PrefillErrorHandler()])
+        result = await agent.agenerate(ENDS_WITH_ASSISTANT)
+    _assert_recovered(result, anthropic_emulator)
+
+
+def test_without_the_handler_the_original_error_is_raised(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """Control: with no processor the prefill 400 reaches the caller after one request."""
+    with anthropic_emulator.client() as client, pytest.raises(anthropic.BadRequestError):
+        Agent(MODEL, client=client).generate(ENDS_WITH_ASSISTANT)
+    assert len(anthropic_emulator.message_requests) == 1
+
+
+def test_persistent_rejection_gives_two_requests_then_the_original_error(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """retry_count 1 means no second repair: 2 requests, then the SDK's own exception object."""
+    anthropic_emulator.script(PREFILL_FAULT, PREFILL_FAULT)
+    capture = Capture()
+    with anthropic_emulator.client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[PrefillErrorHandler(), capture])
+        with pytest.raises(anthropic.BadRequestError) as info:
+            agent.generate(ENDS_WITH_ASSISTANT)
+    assert len(anthropic_emulator.message_requests) == 2
+    assert type(info.value) is anthropic.BadRequestError
+    assert info.value is capture.errors[-1]
+    assert info.value.api_message == PREFILL_MESSAGE
+
+
+async def test_async_persistent_rejection_gives_the_original_error(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """The async path gives up the same way, with the same exception class."""
+    anthropic_emulator.script(PREFILL_FAULT, PREFILL_FAULT)
+    async with anthropic_emulator.async_client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[PrefillErrorHandler()])
+        with pytest.raises(anthropic.BadRequestError):
+            await agent.agenerate(ENDS_WITH_ASSISTANT)
+    assert len(anthropic_emulator.message_requests) == 2
+
+
+def test_other_400_takes_one_request_and_leaves_history_untouched(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """A non-prefill 400 is not repaired: one request, conversation as it was."""
+    conversation = MessageList([{"role": "user", "content": "   "}])
+    before = conversation.copy()
+    with anthropic_emulator.client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[PrefillErrorHandler()])
+        with pytest.raises(anthropic.BadRequestError, match="non-whitespace text"):
+            agent.generate(conversation)
+    assert len(anthropic_emulator.message_requests) == 1
+    assert conversation == before
+
+
+def test_plain_list_is_not_mutated_and_message_list_is_extended(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """A list is copied; a MessageList is the conversation and grows in place."""
+    plain = [dict(m) for m in ENDS_WITH_ASSISTANT]
+    conversation = MessageList(ENDS_WITH_ASSISTANT)
+    with anthropic_emulator.client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[PrefillErrorHandler()])
+        agent.generate(plain)
+        result = agent.generate(conversation)
+    assert plain == ENDS_WITH_ASSISTANT
+    assert result.messages is conversation
+    assert len(conversation) == 4
+    assert conversation[2]["metadata"] == {
+        "systemReminder": {"type": "anthropic-prefill-processor-retry"}
+    }
+
+
+def test_string_input_instructions_and_params_reach_the_wire(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """A str is one user message; instructions become system; call params override defaults."""
+    with anthropic_emulator.client() as client:
+        agent = Agent(
+            "claude-haiku-4-5",
+            client=client,
+            instructions="Be brief.",
+            max_tokens=99,
+            stop_sequences=["END"],
+        )
+        agent.generate("hello", max_tokens=7)
+    body = anthropic_emulator.message_requests[0].body
+    assert body["messages"] == [{"role": "user", "content": "hello"}]
+    assert body["system"] == "Be brief."
+    assert (body["model"], body["max_tokens"], body["stop_sequences"]) == (
+        "claude-haiku-4-5",
+        7,
+        ["END"],
+    )
+
+
+def test_raising_processor_does_not_replace_the_recovery(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """A buggy processor listed first is skipped; the prefill repair still happens."""
+
+    class Buggy:
+        id = "buggy"
+
+        def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
+            raise ZeroDivisionError("bug")
+
+    with anthropic_emulator.client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[Buggy(), PrefillErrorHandler()])
+        result = agent.generate(ENDS_WITH_ASSISTANT)
+    assert result.retried_by == ("prefill-error-handler",)
+    assert len(anthropic_emulator.message_requests) == 2
+
+
+def test_order_and_cap_end_to_end(anthropic_emulator: AnthropicEmulator) -> None:
+    """A blind retrier first, then the repair; the cap bounds the requests sent."""
+
+    class Blind:
+        id = "blind"
+
+        def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
+            return ProcessAPIErrorResult(retry=True)
+
+    with anthropic_emulator.client() as client:
+        agent = Agent(
+            MODEL,
+            client=client,
+            error_processors=[Blind(), PrefillErrorHandler()],
+            max_processor_retries=2,
+        )
+        with pytest.raises(anthropic.BadRequestError):
+            agent.generate(ENDS_WITH_ASSISTANT)
+    assert len(anthropic_emulator.message_requests) == 3
+    assert all(m[-1]["role"] == "assistant" for m in _wire_messages(anthropic_emulator))
+
+
+def test_params_processor_changes_the_next_request(anthropic_emulator: AnthropicEmulator) -> None:
+    """A processor declaring params= switches the model; the retry is sent with it."""
+
+    class Fallback:
+        id = "fallback"
+
+        def process_api_error(
+            self,
+            *,
+            error: anthropic.APIError,
+            messages: MessageList,
+            retry_count: int,
+            params: dict[str, Any],
+        ) -> ProcessAPIErrorResult | None:
+            params["model"] = "claude-haiku-4-5"
+            return ProcessAPIErrorResult(retry=retry_count == 0)
+
+    with anthropic_emulator.client() as client:
+        result = Agent(MODEL, client=client, error_processors=[Fallback()]).generate(
+            ENDS_WITH_ASSISTANT
+        )
+    assert [r.body["model"] for r in anthropic_emulator.message_requests] == [
+        MODEL,
+        "claude-haiku-4-5",
+    ]
+    assert result.message.model == "claude-haiku-4-5"
+
+
+def test_async_processor_is_refused_by_generate_before_any_request(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """A sync run with an async def processor raises TypeError and sends nothing."""
+
+    class AsyncOnly:
+        id = "async-only"
+
+        async def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
+            return None
+
+    with anthropic_emulator.client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[AsyncOnly()])
+        with pytest.raises(TypeError, match="'async-only' has an async"):
+            agent.generate(ENDS_WITH_ASSISTANT)
+    assert anthropic_emulator.message_requests == []
+
+
+async def test_async_processor_runs_in_agenerate(anthropic_emulator: AnthropicEmulator) -> None:
+    """agenerate awaits an async def processor that performs the repair."""
+
+    class AsyncRepair:
+        id = "async-repair"
+
+        async def process_api_error(
+            self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+        ) -> ProcessAPIErrorResult | None:
+            await asyncio.sleep(0)
+            return PrefillErrorHandler().process_api_error(
+                error=error, messages=messages, retry_count=retry_count
+            )
+
+    async with anthropic_emulator.async_client() as client:
+        result = await Agent(MODEL, client=client, error_processors=[AsyncRepair()]).agenerate(
+            ENDS_WITH_ASSISTANT
+        )
+    assert result.retried_by == ("async-repair",)
+
+
+async def test_wrong_kind_of_client_is_a_clear_type_error(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """generate() with an async client, or agenerate() with a sync one, says what to do."""
+    async with anthropic_emulator.async_client() as aclient:
+        with pytest.raises(TypeError, match="needs a synchronous client"):
+            Agent(MODEL, client=aclient).generate("hi")
+    with (
+        anthropic_emulator.client() as client,
+        pytest.raises(TypeError, match="needs an async client"),
+    ):
+        await Agent(MODEL, client=client).agenerate("hi")
+    with pytest.raises(TypeError, match="client must be an anthropic client"):
+        Agent(MODEL, client=object())  # type: ignore[arg-type]
+
+
+def test_reserved_parameters_are_refused() -> None:
+    """messages= or stream= as a request parameter is a mistake with a clear message."""
+    with pytest.raises(TypeError, match="'stream' is not a request parameter"):
+        Agent(MODEL, stream=True)
+    with pytest.raises(TypeError, match="'messages' is not a request parameter"):
+        Agent(MODEL, messages=[])
+    with anthropic.Anthropic(api_key="x") as client, pytest.raises(TypeError, match="'stream'"):
+        Agent(MODEL, client=client).generate("hi", stream=True)
+
+
+def test_client_is_created_from_the_environment(
+    anthropic_emulator: AnthropicEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no client, one is made from ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL on first use."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "env-key")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", anthropic_emulator.base_url)
+    agent = Agent(MODEL, error_processors=[PrefillErrorHandler()])
+    assert agent.generate(ENDS_WITH_ASSISTANT).text == DEFAULT_REPLY_TEXT
+    assert len(anthropic_emulator.message_requests) == 2
+
+
+def test_one_agent_is_safe_to_share_between_threads(anthropic_emulator: AnthropicEmulator) -> None:
+    """Eight threads, one Agent: every conversation recovers with its own two requests."""
+    results: list[RunResult] = []
+    with anthropic_emulator.client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[PrefillErrorHandler()])
+
+        def run(i: int) -> None:
+            results.append(
+                agent.generate(
+                    [
+                        {"role": "user", "content": f"q{i}"},
+                        {"role": "assistant", "content": f"a{i}"},
+                    ]
+                )
+            )
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(results) == 8
+    assert all(len(r.attempts) == 2 and len(r.messages) == 4 for r in results)
+    assert len(anthropic_emulator.message_requests) == 16
+
+
+async def test_one_agent_is_safe_to_share_between_tasks(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """Twenty concurrent agenerate calls on one Agent keep their conversations apart."""
+    async with anthropic_emulator.async_client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[PrefillErrorHandler()])
+        results = await asyncio.gather(
+            *(
+                agent.agenerate(
+                    [
+                        {"role": "user", "content": f"q{i}"},
+                        {"role": "assistant", "content": f"a{i}"},
+                    ]
+                )
+                for i in range(20)
+            )
+        )
+    for i, result in enumerate(results):
+        assert result.messages[0]["content"] == f"q{i}"
+        assert len(result.messages) == 4
+    assert len(anthropic_emulator.message_requests) == 40

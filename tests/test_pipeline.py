@@ -1,0 +1,244 @@
+"""The decision core: order, per-processor counts, the cap, raising processors, params, async."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import Any
+
+import anthropic
+import pytest
+
+from prefill_guard import MessageList, Pipeline, PrefillErrorHandler, ProcessAPIErrorResult
+from prefill_guard.pipeline import run_async, run_sync
+from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
+
+RETRY = ProcessAPIErrorResult(retry=True)
+
+
+class Recorder:
+    """A processor that records its calls and answers from a fixed script."""
+
+    def __init__(self, id: str, answers: list[ProcessAPIErrorResult | None] | None = None) -> None:
+        self.id = id
+        self.answers = list(answers or [])
+        self.calls: list[int] = []
+
+    def process_api_error(
+        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        self.calls.append(retry_count)
+        return self.answers.pop(0) if self.answers else None
+
+
+class Raiser:
+    """A processor with a bug: it changes the conversation, then raises."""
+
+    id = "raiser"
+
+    def process_api_error(
+        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        messages.add("user", "half-done repair")
+        raise RuntimeError("processor bug")
+
+
+class ModelSwitcher:
+    """A params-aware processor: switches the model once."""
+
+    id = "model-switcher"
+
+    def process_api_error(
+        self,
+        *,
+        error: anthropic.APIError,
+        messages: MessageList,
+        retry_count: int,
+        params: dict[str, Any],
+    ) -> ProcessAPIErrorResult | None:
+        if retry_count:
+            return None
+        params["model"] = "claude-haiku-4-5"
+        return RETRY
+
+
+class AsyncRecorder:
+    """An async processor that always asks for a retry."""
+
+    id = "async-recorder"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def process_api_error(
+        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        self.calls += 1
+        return RETRY
+
+
+def _generation(pipeline: Pipeline) -> Any:
+    messages = MessageList(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
+    )
+    return pipeline.begin(messages, {"model": "claude-opus-4-6", "max_tokens": 16})
+
+
+ERROR = make_api_error(400, PREFILL_MESSAGE)
+
+
+def test_first_processor_that_retries_wins_and_the_rest_are_not_called() -> None:
+    """Registration order; after a retry=True, later processors are skipped for that failure."""
+    first, second, third = Recorder("a", [None]), Recorder("b", [RETRY]), Recorder("c")
+    generation = _generation(Pipeline([first, second, third]))
+    assert run_sync(generation.failed(ERROR)) is True
+    assert (first.calls, second.calls, third.calls) == ([0], [0], [])
+    assert generation.attempts[-1].retried_by == "b"
+
+
+def test_retry_count_is_per_processor() -> None:
+    """A blind retrier listed first cannot starve a repair processor of its first try."""
+    blind = Recorder("blind", [RETRY, None, None])
+    repair = Recorder("repair", [RETRY])
+    generation = _generation(Pipeline([blind, repair]))
+    assert run_sync(generation.failed(ERROR)) is True
+    assert run_sync(generation.failed(ERROR)) is True
+    assert blind.calls == [0, 1]
+    assert repair.calls == [0]
+    assert [a.retried_by for a in generation.attempts] == ["blind", "repair"]
+
+
+def test_cap_stops_processor_retries_without_consulting_processors() -> None:
+    """Past max_processor_retries the error is given up and processors are not called."""
+    always = Recorder("always", [RETRY] * 10)
+    generation = _generation(Pipeline([always], max_processor_retries=2))
+    results = [run_sync(generation.failed(ERROR)) for _ in range(3)]
+    assert results == [True, True, False]
+    assert always.calls == [0, 1]
+
+
+def test_default_cap_is_three() -> None:
+    """max_processor_retries defaults to 3."""
+    assert Pipeline().max_processor_retries == 3
+
+
+def test_raising_processor_is_logged_skipped_and_its_changes_undone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The next processors still run; the half-done change does not reach the next request."""
+    after = Recorder("after", [RETRY])
+    generation = _generation(Pipeline([Raiser(), after]))
+    with caplog.at_level(logging.ERROR, logger="prefill_guard"):
+        assert run_sync(generation.failed(ERROR)) is True
+    assert after.calls == [0]
+    assert len(generation.messages) == 2
+    assert "processor 'raiser' raised" in caplog.text
+    assert "processor bug" in caplog.text
+
+
+def test_wrong_return_value_is_logged_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    """A processor returning True instead of a result does not cause a retry."""
+    wrong = Recorder("wrong", [True])  # type: ignore[list-item]
+    generation = _generation(Pipeline([wrong]))
+    with caplog.at_level(logging.ERROR, logger="prefill_guard"):
+        assert run_sync(generation.failed(ERROR)) is False
+    assert "expected ProcessAPIErrorResult or None" in caplog.text
+
+
+def test_params_are_passed_only_to_processors_that_declare_them() -> None:
+    """ModelSwitcher gets params= and its change reaches the next request; Recorder does not."""
+    plain = Recorder("plain")
+    generation = _generation(Pipeline([plain, ModelSwitcher()]))
+    assert run_sync(generation.failed(ERROR)) is True
+    assert generation.request()["model"] == "claude-haiku-4-5"
+
+
+def test_request_is_rebuilt_from_the_conversation_without_metadata() -> None:
+    """After the prefill repair, the next request ends with the reminder and carries no metadata."""
+    generation = _generation(Pipeline([PrefillErrorHandler()]))
+    assert run_sync(generation.failed(ERROR)) is True
+    request = generation.request()
+    assert request["messages"][-1] == {
+        "role": "user",
+        "content": "<system-reminder>continue</system-reminder>",
+    }
+    assert all(set(m) == {"role", "content"} for m in request["messages"])
+
+
+def test_errors_that_are_not_api_errors_never_reach_processors() -> None:
+    """A bug in the caller's own code is not something to repair and retry."""
+    recorder = Recorder("r", [RETRY])
+    generation = _generation(Pipeline([recorder]))
+    assert run_sync(generation.failed(ValueError("boom"))) is False
+    assert recorder.calls == []
+
+
+def test_sync_run_refuses_async_processor_at_start() -> None:
+    """require_sync raises a clear TypeError naming the processor."""
+    pipeline = Pipeline([AsyncRecorder()])
+    with pytest.raises(TypeError, match=r"processor 'async-recorder' has an async .* synchronous"):
+        pipeline.require_sync("Agent.generate()")
+
+
+def test_sync_run_refuses_a_hook_that_returns_an_awaitable() -> None:
+    """A sync-looking hook that returns a coroutine is refused, never silently skipped."""
+
+    class Sneaky:
+        id = "sneaky"
+
+        def process_api_error(self, **kwargs: Any) -> Awaitable[ProcessAPIErrorResult | None]:
+            async def later() -> ProcessAPIErrorResult | None:
+                return RETRY
+
+            return later()
+
+    generation = _generation(Pipeline([Sneaky()]))
+    with pytest.raises(TypeError, match="processor 'sneaky' returned an awaitable"):
+        run_sync(generation.failed(ERROR))
+
+
+async def test_async_driver_awaits_async_processors() -> None:
+    """run_async awaits async def hooks and applies the same decisions."""
+    processor = AsyncRecorder()
+    generation = _generation(Pipeline([processor], max_processor_retries=1))
+    assert await run_async(generation.failed(ERROR)) is True
+    assert await run_async(generation.failed(ERROR)) is False
+    assert processor.calls == 1
+
+
+async def test_async_driver_skips_a_raising_async_processor() -> None:
+    """An async processor that raises is skipped like a sync one."""
+
+    class AsyncRaiser:
+        id = "async-raiser"
+
+        async def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
+            raise RuntimeError("async bug")
+
+    after = Recorder("after", [RETRY])
+    generation = _generation(Pipeline([AsyncRaiser(), after]))
+    assert await run_async(generation.failed(ERROR)) is True
+    assert after.calls == [0]
+
+
+@pytest.mark.parametrize(
+    ("processors", "error", "text"),
+    [
+        ([PrefillErrorHandler], TypeError, "got the class PrefillErrorHandler; pass an instance"),
+        ([object()], TypeError, "error_processors[0]: <object"),
+        ([Recorder("")], TypeError, "needs a non-empty str 'id'"),
+        ([Recorder("x"), Recorder("x")], ValueError, "error_processors[1]: duplicate processor id"),
+        (PrefillErrorHandler(), TypeError, "must be a list of processors"),
+    ],
+)
+def test_bad_registration_is_refused(processors: Any, error: type[Exception], text: str) -> None:
+    """Mistakes in the processor list are caught when registered, naming the position."""
+    with pytest.raises(error) as info:
+        Pipeline(processors)
+    assert text in str(info.value)
+
+
+def test_negative_cap_is_refused() -> None:
+    """max_processor_retries must be a non-negative int."""
+    with pytest.raises(ValueError, match="max_processor_retries must be an int >= 0"):
+        Pipeline(max_processor_retries=-1)

@@ -1,0 +1,917 @@
+"""Tests for prefill_guard.testing: the Anthropic Messages API emulator.
+
+Every test drives the real `anthropic` SDK (or, where the SDK cannot send the request, a raw
+HTTP client) over real HTTP on 127.0.0.1; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx2
+import pytest
+from anthropic.types import Message
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prefill_guard.testing import (
+    DEFAULT_REPLY_TEXT,
+    PREFILL_MESSAGE,
+    PREFILL_NOT_SUPPORTED_MESSAGE,
+    AnthropicEmulator,
+    Fault,
+    RecordedRequest,
+    make_api_error,
+    model_rejects_prefill,
+)
+
+PREFILL_TEXT = (
+    "This model does not support assistant message prefill. "
+    "The conversation must end with a user message."
+)
+USER_HI: list[Any] = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def emu() -> Iterator[AnthropicEmulator]:
+    with AnthropicEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def client(emu: AnthropicEmulator) -> Iterator[anthropic.Anthropic]:
+    with emu.client() as sdk_client:
+        yield sdk_client
+
+
+def create(client: anthropic.Anthropic, model: str, messages: list[Any]) -> Message:
+    return client.messages.create(model=model, max_tokens=64, messages=messages)
+
+
+def raw_post(emu: AnthropicEmulator, body: bytes, headers: dict[str, str]) -> httpx2.Response:
+    with httpx2.Client(base_url=emu.base_url) as http:
+        response: httpx2.Response = http.post("/v1/messages", content=body, headers=headers)
+    return response
+
+
+def assert_error_shape(body: object, error_type: str, message: str) -> None:
+    assert isinstance(body, dict)
+    assert set(body) == {"type", "error", "request_id"}
+    assert body["type"] == "error"
+    assert body["error"] == {"type": error_type, "message": message}
+    request_id = body["request_id"]
+    assert isinstance(request_id, str)
+    assert request_id.startswith("req_")
+    assert len(request_id) == len("req_") + 24
+    assert request_id[4:].isalnum()
+
+
+def assert_bad_request(exc: anthropic.BadRequestError, message: str) -> None:
+    assert exc.status_code == 400
+    assert exc.type == "invalid_request_error"
+    assert exc.api_message == message
+    assert exc.request_id is not None
+    assert exc.request_id.startswith("req_")
+    assert_error_shape(exc.body, "invalid_request_error", message)
+    assert isinstance(exc.body, dict)
+    assert exc.body["request_id"] == exc.request_id
+
+
+# -- success round trips ----------------------------------------------------------------------
+
+
+def test_sync_create_returns_message_with_reply_text(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """Sync SDK round trip: a plain user turn yields a Message with the default reply."""
+    message = create(client, "claude-haiku-4-5", USER_HI)
+
+    assert isinstance(message, Message)
+    assert message.id.startswith("msg_")
+    assert message.role == "assistant"
+    assert message.model == "claude-haiku-4-5"
+    assert message.stop_reason == "end_turn"
+    assert message.stop_sequence is None
+    assert len(message.content) == 1
+    block = message.content[0]
+    assert block.type == "text"
+    assert block.text == DEFAULT_REPLY_TEXT
+    assert message.usage.input_tokens >= 1
+    assert message.usage.output_tokens >= 1
+
+
+def test_sync_request_is_recorded_with_body_and_lowercased_headers(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """The emulator records method, path, parsed JSON body and lower-cased headers."""
+    create(client, "claude-haiku-4-5", USER_HI)
+
+    [recorded] = emu.requests
+    assert isinstance(recorded, RecordedRequest)
+    assert recorded.method == "POST"
+    assert recorded.path == "/v1/messages"
+    assert recorded.body == {"model": "claude-haiku-4-5", "max_tokens": 64, "messages": USER_HI}
+    assert all(name == name.lower() for name in recorded.headers)
+    assert "x-api-key" in recorded.headers or "authorization" in recorded.headers
+    assert "anthropic-version" in recorded.headers
+    assert emu.message_requests == [recorded]
+
+
+async def test_async_create_returns_message_and_is_recorded(emu: AnthropicEmulator) -> None:
+    """Async SDK round trip: AsyncAnthropic gets the reply and the request is recorded."""
+    async with emu.async_client() as client:
+        message = await client.messages.create(
+            model="claude-haiku-4-5", max_tokens=64, messages=USER_HI
+        )
+
+    assert isinstance(message, Message)
+    assert message.content[0].type == "text"
+    assert message.content[0].text == DEFAULT_REPLY_TEXT
+    [recorded] = emu.message_requests
+    assert recorded.body["messages"] == USER_HI
+    assert recorded.headers.get("x-stainless-async", "").startswith("async")
+
+
+def test_success_response_carries_request_id_header_and_json_shape(
+    client: anthropic.Anthropic,
+) -> None:
+    """A 200 answer has a req_ request-id header and exactly the Message JSON keys."""
+    raw = client.messages.with_raw_response.create(
+        model="claude-haiku-4-5", max_tokens=64, messages=USER_HI
+    )
+
+    assert raw.status_code == 200
+    assert raw.headers["request-id"].startswith("req_")
+    assert raw.headers["content-type"].startswith("application/json")
+    data = json.loads(raw.http_response.text)
+    assert set(data) == {
+        "id",
+        "type",
+        "role",
+        "model",
+        "content",
+        "stop_reason",
+        "stop_sequence",
+        "usage",
+    }
+    assert data["type"] == "message"
+    assert data["content"] == [{"type": "text", "text": DEFAULT_REPLY_TEXT}]
+    assert set(data["usage"]) == {"input_tokens", "output_tokens"}
+
+
+def test_reply_callable_receives_parsed_request_body() -> None:
+    """A callable `reply` is called with the request body and its result is the reply text."""
+    seen: list[dict[str, Any]] = []
+
+    def reply(body: dict[str, Any]) -> str:
+        seen.append(body)
+        return f"echo: {body['messages'][-1]['content']}"
+
+    with AnthropicEmulator(reply=reply) as emu, emu.client() as client:
+        message = create(client, "claude-haiku-4-5", [{"role": "user", "content": "ping"}])
+
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "echo: ping"
+    assert seen == [
+        {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "ping"}],
+        }
+    ]
+
+
+def test_reply_string_is_used_as_text() -> None:
+    """A string `reply` replaces the default reply text."""
+    with AnthropicEmulator(reply="Custom!") as emu, emu.client() as client:
+        message = create(client, "claude-haiku-4-5", USER_HI)
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "Custom!"
+
+
+def test_many_sequential_keep_alive_requests_succeed(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """One sync client can send many requests over kept-alive connections."""
+    for index in range(50):
+        create(client, "claude-haiku-4-5", [{"role": "user", "content": f"n{index}"}])
+    bodies = [request.body["messages"][0]["content"] for request in emu.message_requests]
+    assert bodies == [f"n{index}" for index in range(50)]
+
+
+async def test_twenty_concurrent_async_requests_all_succeed(emu: AnthropicEmulator) -> None:
+    """20 concurrent AsyncAnthropic requests all get 200 and are all recorded."""
+    async with emu.async_client() as client:
+        results = await asyncio.gather(
+            *(
+                client.messages.create(
+                    model="claude-haiku-4-5",
+                    max_tokens=64,
+                    messages=[{"role": "user", "content": f"q{index}"}],
+                )
+                for index in range(20)
+            )
+        )
+
+    assert all(isinstance(message, Message) for message in results)
+    contents = sorted(request.body["messages"][0]["content"] for request in emu.message_requests)
+    assert contents == sorted(f"q{index}" for index in range(20))
+
+
+def test_concurrent_sync_clients_in_threads_all_succeed(emu: AnthropicEmulator) -> None:
+    """Several threads with their own sync clients are served concurrently without errors."""
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with emu.client() as client:
+                for _ in range(5):
+                    create(client, "claude-haiku-4-5", USER_HI)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert errors == []
+    assert len(emu.message_requests) == 40
+
+
+# -- prefill ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["claude-opus-4-6", "claude-sonnet-5-5"])
+def test_prefill_is_rejected_for_46_and_later_models(
+    client: anthropic.Anthropic, model: str
+) -> None:
+    """A trailing assistant turn on a 4.6+ model gives the API's exact prefill 400."""
+    messages: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Sure, here"},
+    ]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client, model, messages)
+
+    assert_bad_request(info.value, PREFILL_TEXT)
+    assert info.value.response.headers["request-id"] == info.value.request_id
+
+
+def test_prefill_message_constant_is_the_exact_api_text() -> None:
+    """The exported constants match the real API's wording byte for byte."""
+    assert PREFILL_MESSAGE == PREFILL_TEXT
+    assert PREFILL_NOT_SUPPORTED_MESSAGE == PREFILL_TEXT
+
+
+async def test_prefill_is_rejected_for_async_client(emu: AnthropicEmulator) -> None:
+    """The async SDK raises the same BadRequestError for a rejected prefill."""
+    messages: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Sure"},
+    ]
+    async with emu.async_client() as client:
+        with pytest.raises(anthropic.BadRequestError) as info:
+            await client.messages.create(model="claude-opus-4-7", max_tokens=8, messages=messages)
+    assert_bad_request(info.value, PREFILL_TEXT)
+
+
+def test_prefill_rejection_wins_over_blank_final_assistant_text(
+    client: anthropic.Anthropic,
+) -> None:
+    """A whitespace-only final assistant turn on a 4.6+ model still gets the prefill 400."""
+    messages: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "   "},
+    ]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client, "claude-opus-4-6", messages)
+    assert_bad_request(info.value, PREFILL_TEXT)
+
+
+def test_prefill_is_allowed_for_older_models(client: anthropic.Anthropic) -> None:
+    """claude-haiku-4-5 accepts an assistant prefill and answers 200 with the continuation."""
+    messages: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "text", "text": "The answer is"}]},
+    ]
+    message = create(client, "claude-haiku-4-5", messages)
+    assert message.content[0].type == "text"
+    assert message.content[0].text == DEFAULT_REPLY_TEXT
+
+
+@pytest.mark.parametrize(
+    "final_content",
+    ["The answer is ", [{"type": "text", "text": "The answer is\n"}]],
+    ids=["string", "text-block"],
+)
+def test_prefill_with_trailing_whitespace_is_rejected(
+    client: anthropic.Anthropic, final_content: Any
+) -> None:
+    """On a prefill-allowing model, final assistant text ending in whitespace gives a 400."""
+    messages: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": final_content},
+    ]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client, "claude-haiku-4-5", messages)
+    assert_bad_request(info.value, "final assistant content cannot end with trailing whitespace")
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("claude-opus-4-6", True),
+        ("claude-sonnet-4-6", True),
+        ("claude-sonnet-4-6-20260101", True),
+        ("claude-opus-4-7", True),
+        ("claude-opus-4-8", True),
+        ("claude-opus-5-5", True),
+        ("claude-sonnet-5-5", True),
+        ("claude-mythos-5-1", True),
+        ("claude-opus-5", True),
+        ("claude-haiku-4-5", False),
+        ("claude-haiku-4-5-20251001", False),
+        ("claude-opus-4-1", False),
+        ("claude-opus-4-20250514", False),
+        ("claude-sonnet-4-20250514", False),
+        ("claude-3-5-sonnet-20241022", False),
+        ("claude-3-opus", False),
+        ("claude-3-opus-20240229", False),
+        ("gpt-5", False),
+        ("", False),
+        ("claude-opus-4-6-preview", False),
+    ],
+)
+def test_model_rejects_prefill_table(model: str, expected: bool) -> None:
+    """The default rule: claude-<family>-<major>-<minor>[-date] rejects when >= 4.6."""
+    assert model_rejects_prefill(model) is expected
+
+
+@given(
+    family=st.sampled_from(["opus", "sonnet", "haiku", "mythos"]),
+    major=st.integers(min_value=0, max_value=99),
+    minor=st.integers(min_value=0, max_value=99),
+    date=st.one_of(st.none(), st.integers(min_value=20200101, max_value=20991231)),
+)
+def test_model_rejects_prefill_compares_versions(
+    family: str, major: int, minor: int, date: int | None
+) -> None:
+    """For every well-formed name the rule is exactly (major, minor) >= (4, 6)."""
+    name = f"claude-{family}-{major}-{minor}" + ("" if date is None else f"-{date}")
+    assert model_rejects_prefill(name) is ((major, minor) >= (4, 6))
+
+
+@given(st.text())
+def test_model_rejects_prefill_never_raises(model: str) -> None:
+    """Any string is classified without raising."""
+    assert isinstance(model_rejects_prefill(model), bool)
+
+
+@pytest.mark.parametrize(
+    ("model", "rejects"),
+    [
+        ("my-model", True),
+        ("my-model-20260101", True),
+        ("my-model-2", False),
+        ("claude-opus-4-6", False),
+    ],
+)
+def test_custom_no_prefill_models_replace_the_default_rule(model: str, rejects: bool) -> None:
+    """no_prefill_models lists exactly the rejecting models (date suffix allowed)."""
+    messages: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Sure"},
+    ]
+    with AnthropicEmulator(no_prefill_models=["my-model"]) as emu, emu.client() as client:
+        assert emu.rejects_prefill(model) is rejects
+        if rejects:
+            with pytest.raises(anthropic.BadRequestError) as info:
+                create(client, model, messages)
+            assert_bad_request(info.value, PREFILL_TEXT)
+        else:
+            assert create(client, model, messages).model == model
+
+
+# -- request validation -----------------------------------------------------------------------
+
+
+def test_metadata_key_in_message_is_an_extra_input(client: anthropic.Anthropic) -> None:
+    """A `metadata` key inside a message is rejected exactly like the real API does."""
+    messages: list[Any] = [{"role": "user", "content": "hi", "metadata": {"source": "x"}}]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client, "claude-haiku-4-5", messages)
+    assert_bad_request(info.value, "messages.0.metadata: Extra inputs are not permitted")
+
+
+def test_extra_key_is_reported_with_its_message_index(client: anthropic.Anthropic) -> None:
+    """The extra-input error names the offending message index."""
+    messages: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": "again", "cache": True},
+    ]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client, "claude-haiku-4-5", messages)
+    assert_bad_request(info.value, "messages.2.cache: Extra inputs are not permitted")
+
+
+def test_invalid_role_is_rejected(client: anthropic.Anthropic) -> None:
+    """A role other than user/assistant gives the API's literal-error message."""
+    messages: list[Any] = [{"role": "system", "content": "hi"}]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client, "claude-haiku-4-5", messages)
+    assert_bad_request(info.value, "messages.0.role: Input should be 'user' or 'assistant'")
+
+
+def test_missing_content_is_rejected(client: anthropic.Anthropic) -> None:
+    """A message without `content` gives a Field required error."""
+    messages: list[Any] = [{"role": "user"}]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client, "claude-haiku-4-5", messages)
+    assert_bad_request(info.value, "messages.0.content: Field required")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "  \n\t",
+        [{"type": "text", "text": " "}],
+        [{"type": "text", "text": "ok"}, {"type": "text", "text": ""}],
+    ],
+    ids=["empty-string", "whitespace-string", "whitespace-block", "empty-second-block"],
+)
+def test_whitespace_only_user_text_is_rejected(client: anthropic.Anthropic, content: Any) -> None:
+    """Whitespace-only user text (string or text block) gives the non-whitespace 400."""
+    messages: list[Any] = [{"role": "user", "content": content}]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client, "claude-haiku-4-5", messages)
+    assert_bad_request(info.value, "messages: text content blocks must contain non-whitespace text")
+
+
+def test_whitespace_only_earlier_assistant_text_is_rejected(client: anthropic.Anthropic) -> None:
+    """Blank text in a non-final assistant turn is rejected too."""
+    messages: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": " "},
+        {"role": "user", "content": "again"},
+    ]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client, "claude-opus-4-6", messages)
+    assert_bad_request(info.value, "messages: text content blocks must contain non-whitespace text")
+
+
+def test_empty_message_list_is_rejected(client: anthropic.Anthropic) -> None:
+    """An empty `messages` list gives a 400."""
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client, "claude-haiku-4-5", [])
+    assert_bad_request(info.value, "messages: at least one message is required")
+
+
+def test_stream_true_is_rejected_after_validation(client: anthropic.Anthropic) -> None:
+    """stream=True gets the not-supported 400 (streaming is not emulated yet)."""
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(
+            model="claude-haiku-4-5", max_tokens=64, messages=USER_HI, stream=True
+        )
+    assert_bad_request(info.value, "stream: streaming is not supported by this emulator yet")
+
+
+def test_stream_true_still_reports_prefill_error_first(client: anthropic.Anthropic) -> None:
+    """Validation (here the prefill check) runs before the streaming check."""
+    messages: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Sure"},
+    ]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(
+            model="claude-opus-4-6", max_tokens=64, messages=messages, stream=True
+        )
+    assert_bad_request(info.value, PREFILL_TEXT)
+
+
+def test_missing_api_key_gives_401(emu: AnthropicEmulator) -> None:
+    """Without x-api-key or Authorization the API answers 401 authentication_error."""
+    body = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 8, "messages": USER_HI})
+    response = raw_post(emu, body.encode(), {"content-type": "application/json"})
+
+    assert response.status_code == 401
+    data = response.json()
+    assert_error_shape(data, "authentication_error", "x-api-key header is required")
+    assert response.headers["request-id"] == data["request_id"]
+    assert len(emu.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"x-api-key": "k"}, {"authorization": "Bearer k"}],
+    ids=["x-api-key", "bearer"],
+)
+def test_either_auth_header_is_accepted(emu: AnthropicEmulator, headers: dict[str, str]) -> None:
+    """x-api-key and Authorization: Bearer both authenticate."""
+    body = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 8, "messages": USER_HI})
+    response = raw_post(emu, body.encode(), headers)
+    assert response.status_code == 200
+    assert response.headers["request-id"].startswith("req_")
+    assert response.json()["content"][0]["text"] == DEFAULT_REPLY_TEXT
+
+
+@pytest.mark.parametrize("authorization", ["Bearer", "Basic dXNlcjpwdw=="])
+def test_authorization_without_bearer_token_gives_401(
+    emu: AnthropicEmulator, authorization: str
+) -> None:
+    """An Authorization header without a non-empty bearer token does not authenticate."""
+    body = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 8, "messages": USER_HI})
+    response = raw_post(emu, body.encode(), {"authorization": authorization})
+    assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "Request body is not valid JSON"),
+        (b"[1, 2]", "Request body must be a JSON object"),
+        (b'{"max_tokens": 8, "messages": []}', "model: Field required"),
+        (
+            b'{"model": "", "max_tokens": 8, "messages": []}',
+            "model: String should have at least 1 character",
+        ),
+        (b'{"model": "m", "messages": []}', "max_tokens: Field required"),
+        (
+            b'{"model": "m", "max_tokens": 0, "messages": []}',
+            "max_tokens: Input should be greater than or equal to 1",
+        ),
+        (
+            b'{"model": "m", "max_tokens": "8", "messages": []}',
+            "max_tokens: Input should be a valid integer",
+        ),
+        (b'{"model": "m", "max_tokens": 8}', "messages: Field required"),
+        (
+            b'{"model": "m", "max_tokens": 8, "messages": {}}',
+            "messages: Input should be a valid list",
+        ),
+    ],
+)
+def test_top_level_validation_errors(emu: AnthropicEmulator, body: bytes, message: str) -> None:
+    """Malformed bodies and missing/invalid top-level fields give the matching 400."""
+    response = raw_post(emu, body, {"x-api-key": "k", "content-type": "application/json"})
+    assert response.status_code == 400
+    assert_error_shape(response.json(), "invalid_request_error", message)
+
+
+def test_non_json_body_is_recorded_as_text(emu: AnthropicEmulator) -> None:
+    """A body that is not JSON is recorded as its raw text."""
+    raw_post(emu, b"{not json", {"x-api-key": "k"})
+    assert emu.requests[0].body == "{not json"
+
+
+def test_unknown_path_gives_404(emu: AnthropicEmulator) -> None:
+    """Any other path or method answers 404 not_found_error."""
+    with httpx2.Client(base_url=emu.base_url) as http:
+        get_models = http.get("/v1/models", headers={"x-api-key": "k"})
+        get_messages = http.get("/v1/messages", headers={"x-api-key": "k"})
+    for response in (get_models, get_messages):
+        assert response.status_code == 404
+        assert_error_shape(response.json(), "not_found_error", "Not Found")
+    assert [(r.method, r.path) for r in emu.requests] == [
+        ("GET", "/v1/models"),
+        ("GET", "/v1/messages"),
+    ]
+    assert emu.message_requests == []
+
+
+def test_malformed_content_length_does_not_kill_the_server(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """A bad Content-Length gets a 400 + close, and the server keeps serving afterwards."""
+    with socket.create_connection(("127.0.0.1", emu.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n{}")
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, payload = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"connection: close" in head.lower()
+    assert json.loads(payload)["error"]["type"] == "invalid_request_error"
+
+    assert create(client, "claude-haiku-4-5", USER_HI).content[0].type == "text"
+
+
+def test_truncated_body_does_not_kill_the_server(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """A client that disconnects mid-body is dropped quietly; later requests still work."""
+    with socket.create_connection(("127.0.0.1", emu.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+    assert create(client, "claude-haiku-4-5", USER_HI).content[0].type == "text"
+
+
+def test_chunked_request_body_is_decoded(emu: AnthropicEmulator) -> None:
+    """A Transfer-Encoding: chunked body is reassembled and handled normally."""
+    body = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 8, "messages": USER_HI}).encode()
+    half = len(body) // 2
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:half], body[half:]))
+    with socket.create_connection(("127.0.0.1", emu.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+        )
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, payload = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert json.loads(payload)["content"][0]["text"] == DEFAULT_REPLY_TEXT
+    assert emu.requests[0].body["messages"] == USER_HI
+
+
+# -- scripted faults --------------------------------------------------------------------------
+
+
+def test_scripted_faults_are_answered_in_order(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """529 then 429 (with retry-after) then a normal success, one request each."""
+    emu.script(Fault(529), Fault(429, headers={"retry-after": "3"}))
+
+    with pytest.raises(anthropic.OverloadedError) as overloaded:
+        create(client, "claude-haiku-4-5", USER_HI)
+    assert overloaded.value.status_code == 529
+    assert overloaded.value.type == "overloaded_error"
+    assert overloaded.value.api_message == "Overloaded"
+
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        create(client, "claude-haiku-4-5", USER_HI)
+    assert limited.value.status_code == 429
+    assert limited.value.response.headers["retry-after"] == "3"
+    assert limited.value.api_message == (
+        "Number of request tokens has exceeded your per-minute rate limit"
+    )
+
+    assert create(client, "claude-haiku-4-5", USER_HI).content[0].type == "text"
+    assert len(emu.message_requests) == 3
+    assert emu.pending_faults == []
+
+
+def test_html_fault_body_is_sent_as_is(emu: AnthropicEmulator, client: anthropic.Anthropic) -> None:
+    """A str body (an HTML 502 page) reaches the SDK as InternalServerError with that text."""
+    emu.script(Fault(502, body="<html>bad gateway</html>"))
+    with pytest.raises(anthropic.InternalServerError) as info:
+        create(client, "claude-haiku-4-5", USER_HI)
+    assert info.value.status_code == 502
+    assert info.value.body == "<html>bad gateway</html>"
+    assert info.value.response.headers["content-type"].startswith("text/html")
+    assert len(emu.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "error_class", "error_type", "message"),
+    [
+        (400, anthropic.BadRequestError, "invalid_request_error", None),
+        (401, anthropic.AuthenticationError, "authentication_error", "invalid x-api-key"),
+        (403, anthropic.PermissionDeniedError, "permission_error", None),
+        (404, anthropic.NotFoundError, "not_found_error", None),
+        (413, anthropic.ContentTooLargeError, "request_too_large", None),
+        (
+            429,
+            anthropic.RateLimitError,
+            "rate_limit_error",
+            "Number of request tokens has exceeded your per-minute rate limit",
+        ),
+        (500, anthropic.InternalServerError, "api_error", "Internal server error"),
+        (529, anthropic.OverloadedError, "overloaded_error", "Overloaded"),
+    ],
+)
+def test_fault_without_body_sends_the_standard_error_body(
+    emu: AnthropicEmulator,
+    client: anthropic.Anthropic,
+    status: int,
+    error_class: type[anthropic.APIStatusError],
+    error_type: str,
+    message: str | None,
+) -> None:
+    """Fault(status) answers with the API's standard error type/message for that status."""
+    emu.script(Fault(status))
+    with pytest.raises(error_class) as info:
+        create(client, "claude-haiku-4-5", USER_HI)
+    exc = info.value
+    assert exc.status_code == status
+    assert exc.type == error_type
+    assert exc.api_message
+    if message is not None:
+        assert exc.api_message == message
+    assert_error_shape(exc.body, error_type, exc.api_message)
+    assert exc.request_id == exc.response.headers["request-id"]
+
+
+def test_fault_dict_body_is_sent_verbatim(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """A dict body is sent as JSON unchanged; its request_id becomes the request-id header."""
+    body = {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "custom"},
+        "request_id": "req_custom",
+    }
+    emu.script(Fault(400, body=body))
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client, "claude-haiku-4-5", USER_HI)
+    assert info.value.body == body
+    assert info.value.request_id == "req_custom"
+
+
+def test_fault_replaces_validation_and_is_consumed_by_any_path(emu: AnthropicEmulator) -> None:
+    """Faults answer the next request whatever its path, before auth and validation."""
+    emu.script(Fault(200, body={"ok": True}), Fault(503))
+    with httpx2.Client(base_url=emu.base_url) as http:
+        first = http.get("/anything")
+        second = http.post("/v1/messages", content=b"junk")
+        third = http.post("/v1/messages", content=b"junk")
+    assert (first.status_code, first.json()) == (200, {"ok": True})
+    assert second.status_code == 503
+    assert second.json()["error"]["type"] == "api_error"
+    assert third.status_code == 401  # normal handling again: no key
+    assert len(emu.requests) == 3
+
+
+# -- lifecycle, fixture, recording ------------------------------------------------------------
+
+
+def test_fixture_yields_a_started_emulator(anthropic_emulator: AnthropicEmulator) -> None:
+    """The pytest plugin's `anthropic_emulator` fixture is running and usable."""
+    assert anthropic_emulator.running
+    assert anthropic_emulator.base_url == f"http://127.0.0.1:{anthropic_emulator.port}"
+    with anthropic_emulator.client() as client:
+        assert create(client, "claude-haiku-4-5", USER_HI).content[0].type == "text"
+    assert len(anthropic_emulator.message_requests) == 1
+
+
+def test_stop_is_idempotent_and_prompt_with_open_keep_alive_client() -> None:
+    """stop() returns quickly while a client holds a keep-alive connection, and can repeat."""
+    emu = AnthropicEmulator().start()
+    with emu.client() as client:
+        create(client, "claude-haiku-4-5", USER_HI)  # leaves a pooled keep-alive connection
+        started = time.monotonic()
+        emu.stop()
+        assert time.monotonic() - started < 2.0
+        assert not emu.running
+        emu.stop()
+        with pytest.raises(anthropic.APIConnectionError):
+            create(client, "claude-haiku-4-5", USER_HI)
+
+
+async def test_stop_is_prompt_with_open_async_keep_alive_client() -> None:
+    """stop() also returns quickly while an async client holds a kept-alive connection."""
+    emu = AnthropicEmulator().start()
+    async with emu.async_client() as client:
+        await client.messages.create(model="claude-haiku-4-5", max_tokens=8, messages=USER_HI)
+        started = time.monotonic()
+        emu.stop()
+        assert time.monotonic() - started < 2.0
+
+
+def test_start_is_idempotent_and_context_manager_stops() -> None:
+    """start() twice keeps one server; leaving the `with` block stops it."""
+    with AnthropicEmulator() as emu:
+        port = emu.port
+        assert emu.start() is emu
+        assert emu.port == port
+        assert emu.running
+    assert not emu.running
+
+
+def test_port_before_start_raises() -> None:
+    """An emulator that never started has no port or base_url yet."""
+    emu = AnthropicEmulator()
+    with pytest.raises(RuntimeError):
+        _ = emu.base_url
+    emu.stop()  # stopping a never-started emulator is a no-op
+
+
+def test_requests_property_returns_a_copy(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """Mutating the returned list does not change the emulator's record."""
+    create(client, "claude-haiku-4-5", USER_HI)
+    emu.requests.clear()
+    assert len(emu.requests) == 1
+
+
+def test_reset_clears_requests_and_pending_faults(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """reset() forgets recorded requests and drops queued faults."""
+    create(client, "claude-haiku-4-5", USER_HI)
+    emu.script(Fault(529))
+    emu.reset()
+
+    assert emu.requests == []
+    assert emu.pending_faults == []
+    assert create(client, "claude-haiku-4-5", USER_HI).content[0].type == "text"
+    assert len(emu.requests) == 1
+
+
+def test_client_kwargs_override_defaults(emu: AnthropicEmulator) -> None:
+    """client(**kwargs) passes options through, overriding the defaults."""
+    with emu.client(api_key="other-key", max_retries=2) as client:
+        assert client.max_retries == 2
+        create(client, "claude-haiku-4-5", USER_HI)
+    headers = emu.requests[0].headers
+    assert "other-key" in headers.get("x-api-key", "") + headers.get("authorization", "")
+
+
+# -- make_api_error ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault(400),
+        Fault(401),
+        Fault(413),
+        Fault(429, headers={"retry-after": "7"}),
+        Fault(500),
+        Fault(502, body="<html>bad gateway</html>"),
+        Fault(503),
+        Fault(529),
+        Fault(400, body={"message": "flat proxy body"}),
+    ],
+    ids=lambda fault: f"{fault.status}-{type(fault.body).__name__}",
+)
+def test_make_api_error_matches_what_the_sdk_raises(
+    emu: AnthropicEmulator, client: anthropic.Anthropic, fault: Fault
+) -> None:
+    """make_api_error builds the same class, body, message and headers as a real SDK call."""
+    emu.script(fault)
+    with pytest.raises(anthropic.APIStatusError) as info:
+        create(client, "claude-haiku-4-5", USER_HI)
+    real = info.value
+    assert isinstance(real.body, (dict, str))
+
+    made = make_api_error(
+        fault.status,
+        body=real.body,
+        request_id=real.request_id,
+        headers=dict(fault.headers),
+    )
+    assert type(made) is type(real)
+    assert made.status_code == real.status_code
+    assert made.body == real.body
+    assert made.message == real.message
+    assert made.api_message == real.api_message
+    assert made.type == real.type
+    assert made.request_id == real.request_id
+    for name, value in fault.headers.items():
+        assert made.response.headers[name] == value
+
+
+def test_make_api_error_builds_the_standard_body_from_message() -> None:
+    """With a message, the body is the API's error shape and the class follows the status."""
+    error = make_api_error(400, PREFILL_MESSAGE)
+    assert isinstance(error, anthropic.BadRequestError)
+    assert error.api_message == PREFILL_MESSAGE
+    assert error.type == "invalid_request_error"
+    assert_error_shape(error.body, "invalid_request_error", PREFILL_MESSAGE)
+    assert isinstance(error.body, dict)
+    assert error.request_id == error.body["request_id"]
+
+
+def test_make_api_error_overrides_and_defaults() -> None:
+    """request_id/error_type override parts; no message means the standard one."""
+    vertex = make_api_error(400, "boom", request_id="req_vrtx_0123")
+    assert vertex.request_id == "req_vrtx_0123"
+    assert isinstance(vertex.body, dict)
+    assert vertex.body["request_id"] == "req_vrtx_0123"
+
+    sse = make_api_error(200, PREFILL_MESSAGE, error_type="invalid_request_error")
+    assert type(sse) is anthropic.APIStatusError
+    assert sse.type == "invalid_request_error"
+
+    overloaded = make_api_error(529)
+    assert isinstance(overloaded, anthropic.OverloadedError)
+    assert overloaded.api_message == "Overloaded"
+
+    text = make_api_error(502, body="  upstream said no  ")
+    assert isinstance(text, anthropic.InternalServerError)
+    assert text.body == "upstream said no"
+    assert text.api_message is None
+
+
+def test_make_api_error_falls_back_to_public_classes_without_sdk_factory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the SDK has no status-error factory, the public-class table picks the class."""
+    monkeypatch.setattr(anthropic.Anthropic, "_make_status_error", None)
+    assert type(make_api_error(400, "x")) is anthropic.BadRequestError
+    assert type(make_api_error(529)) is anthropic.OverloadedError
+    assert type(make_api_error(502)) is anthropic.InternalServerError
+    assert type(make_api_error(200, "x")) is anthropic.APIStatusError
