@@ -30,7 +30,6 @@ import httpx2
 __all__ = [
     "DEFAULT_REPLY_TEXT",
     "PREFILL_MESSAGE",
-    "PREFILL_NOT_SUPPORTED_MESSAGE",
     "AnthropicEmulator",
     "Fault",
     "RecordedRequest",
@@ -46,9 +45,6 @@ PREFILL_MESSAGE: Final[str] = (
     "The conversation must end with a user message."
 )
 """The exact error message the API gives when a model that rejects prefill gets one."""
-
-PREFILL_NOT_SUPPORTED_MESSAGE: Final[str] = PREFILL_MESSAGE
-"""Alias of `PREFILL_MESSAGE`."""
 
 TRAILING_WHITESPACE_MESSAGE: Final[str] = (
     "final assistant content cannot end with trailing whitespace"

@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 from prefill_guard.testing import (
     DEFAULT_REPLY_TEXT,
     PREFILL_MESSAGE,
-    PREFILL_NOT_SUPPORTED_MESSAGE,
     AnthropicEmulator,
     Fault,
     RecordedRequest,
@@ -269,7 +268,6 @@ def test_prefill_is_rejected_for_46_and_later_models(
 def test_prefill_message_constant_is_the_exact_api_text() -> None:
     """The exported constants match the real API's wording byte for byte."""
     assert PREFILL_MESSAGE == PREFILL_TEXT
-    assert PREFILL_NOT_SUPPORTED_MESSAGE == PREFILL_TEXT
 
 
 async def test_prefill_is_rejected_for_async_client(emu: AnthropicEmulator) -> None:
