@@ -6,6 +6,7 @@ prefill" 400 of Claude 4.6 and later models.
 """
 
 from .agent import Agent, AnthropicClient, RunResult
+from .errors import api_error_type, api_message
 from .messages import SYSTEM_REMINDER_KEY, MessageList, RawMessage, is_system_reminder
 from .pipeline import Attempt, Pipeline
 from .processors import (
@@ -33,6 +34,8 @@ __all__ = [
     "RawMessage",
     "RequestParams",
     "RunResult",
+    "api_error_type",
+    "api_message",
     "is_prefill_rejection",
     "is_system_reminder",
 ]

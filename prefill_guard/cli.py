@@ -12,6 +12,7 @@ from typing import Any, TextIO
 import anthropic
 
 from .agent import Agent, RunResult
+from .errors import api_message
 from .messages import is_system_reminder
 from .processors import PrefillErrorHandler
 
@@ -49,7 +50,7 @@ def _print_demo(result: RunResult, conversation: Sequence[dict[str, Any]], out: 
             continue
         error = attempt.error
         status = getattr(error, "status_code", "error")
-        text = getattr(error, "api_message", None) or str(error)
+        text = api_message(error) or str(error)
         print(f"Attempt {attempt.number}: {status} {type(error).__name__}: {text}", file=out)
         print(f"           request id: {attempt.request_id}", file=out)
         if attempt.retried_by:
@@ -143,7 +144,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         print(f"prefill-guard: error: could not reach the API ({exc})", file=sys.stderr)
         return 1
     except anthropic.APIStatusError as exc:
-        text = exc.api_message or str(exc)
+        text = api_message(exc) or str(exc)
         print(f"prefill-guard: error: the API answered {exc.status_code}: {text}", file=sys.stderr)
         return 1
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from anthropic import APIError
 
+from .errors import api_message
 from .messages import MessageList, system_reminder
 
 __all__ = [
@@ -120,7 +121,7 @@ def is_prefill_rejection(error: BaseException) -> bool:
     flat bodies and an SSE ``error`` event are all recognised.
     """
     for exc in _error_chain(error):
-        candidates = [getattr(exc, "api_message", None), getattr(exc, "message", None), str(exc)]
+        candidates = [api_message(exc), getattr(exc, "message", None), str(exc)]
         if any(isinstance(text, str) and _mentions_prefill(text) for text in candidates):
             return True
         if any(_mentions_prefill(text) for text in _strings(getattr(exc, "body", None))):

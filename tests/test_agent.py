@@ -16,6 +16,7 @@ from prefill_guard import (
     ProcessAPIErrorResult,
     RunResult,
 )
+from prefill_guard.errors import api_message
 from prefill_guard.testing import (
     DEFAULT_REPLY_TEXT,
     PREFILL_MESSAGE,
@@ -108,7 +109,7 @@ def test_persistent_rejection_gives_two_requests_then_the_original_error(
     assert len(anthropic_emulator.message_requests) == 2
     assert type(info.value) is anthropic.BadRequestError
     assert info.value is capture.errors[-1]
-    assert info.value.api_message == PREFILL_MESSAGE
+    assert api_message(info.value) == PREFILL_MESSAGE
 
 
 async def test_async_persistent_rejection_gives_the_original_error(

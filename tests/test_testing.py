@@ -21,6 +21,7 @@ from anthropic.types import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
+from prefill_guard.errors import api_error_type, api_message
 from prefill_guard.testing import (
     DEFAULT_REPLY_TEXT,
     PREFILL_MESSAGE,
@@ -74,8 +75,8 @@ def assert_error_shape(body: object, error_type: str, message: str) -> None:
 
 def assert_bad_request(exc: anthropic.BadRequestError, message: str) -> None:
     assert exc.status_code == 400
-    assert exc.type == "invalid_request_error"
-    assert exc.api_message == message
+    assert api_error_type(exc) == "invalid_request_error"
+    assert api_message(exc) == message
     assert exc.request_id is not None
     assert exc.request_id.startswith("req_")
     assert_error_shape(exc.body, "invalid_request_error", message)
@@ -644,14 +645,14 @@ def test_scripted_faults_are_answered_in_order(
     with pytest.raises(anthropic.OverloadedError) as overloaded:
         create(client, "claude-haiku-4-5", USER_HI)
     assert overloaded.value.status_code == 529
-    assert overloaded.value.type == "overloaded_error"
-    assert overloaded.value.api_message == "Overloaded"
+    assert api_error_type(overloaded.value) == "overloaded_error"
+    assert api_message(overloaded.value) == "Overloaded"
 
     with pytest.raises(anthropic.RateLimitError) as limited:
         create(client, "claude-haiku-4-5", USER_HI)
     assert limited.value.status_code == 429
     assert limited.value.response.headers["retry-after"] == "3"
-    assert limited.value.api_message == (
+    assert api_message(limited.value) == (
         "Number of request tokens has exceeded your per-minute rate limit"
     )
 
@@ -678,7 +679,7 @@ def test_html_fault_body_is_sent_as_is(emu: AnthropicEmulator, client: anthropic
         (401, anthropic.AuthenticationError, "authentication_error", "invalid x-api-key"),
         (403, anthropic.PermissionDeniedError, "permission_error", None),
         (404, anthropic.NotFoundError, "not_found_error", None),
-        (413, anthropic.ContentTooLargeError, "request_too_large", None),
+        (413, anthropic.APIStatusError, "request_too_large", None),  # class renamed across SDKs
         (
             429,
             anthropic.RateLimitError,
@@ -703,11 +704,11 @@ def test_fault_without_body_sends_the_standard_error_body(
         create(client, "claude-haiku-4-5", USER_HI)
     exc = info.value
     assert exc.status_code == status
-    assert exc.type == error_type
-    assert exc.api_message
+    assert api_error_type(exc) == error_type
+    assert api_message(exc)
     if message is not None:
-        assert exc.api_message == message
-    assert_error_shape(exc.body, error_type, exc.api_message)
+        assert api_message(exc) == message
+    assert_error_shape(exc.body, error_type, api_message(exc))
     assert exc.request_id == exc.response.headers["request-id"]
 
 
@@ -865,8 +866,8 @@ def test_make_api_error_matches_what_the_sdk_raises(
     assert made.status_code == real.status_code
     assert made.body == real.body
     assert made.message == real.message
-    assert made.api_message == real.api_message
-    assert made.type == real.type
+    assert api_message(made) == api_message(real)
+    assert api_error_type(made) == api_error_type(real)
     assert made.request_id == real.request_id
     for name, value in fault.headers.items():
         assert made.response.headers[name] == value
@@ -876,8 +877,8 @@ def test_make_api_error_builds_the_standard_body_from_message() -> None:
     """With a message, the body is the API's error shape and the class follows the status."""
     error = make_api_error(400, PREFILL_MESSAGE)
     assert isinstance(error, anthropic.BadRequestError)
-    assert error.api_message == PREFILL_MESSAGE
-    assert error.type == "invalid_request_error"
+    assert api_message(error) == PREFILL_MESSAGE
+    assert api_error_type(error) == "invalid_request_error"
     assert_error_shape(error.body, "invalid_request_error", PREFILL_MESSAGE)
     assert isinstance(error.body, dict)
     assert error.request_id == error.body["request_id"]
@@ -892,16 +893,16 @@ def test_make_api_error_overrides_and_defaults() -> None:
 
     sse = make_api_error(200, PREFILL_MESSAGE, error_type="invalid_request_error")
     assert type(sse) is anthropic.APIStatusError
-    assert sse.type == "invalid_request_error"
+    assert api_error_type(sse) == "invalid_request_error"
 
     overloaded = make_api_error(529)
     assert isinstance(overloaded, anthropic.OverloadedError)
-    assert overloaded.api_message == "Overloaded"
+    assert api_message(overloaded) == "Overloaded"
 
     text = make_api_error(502, body="  upstream said no  ")
     assert isinstance(text, anthropic.InternalServerError)
     assert text.body == "upstream said no"
-    assert text.api_message is None
+    assert api_message(text) is None
 
 
 def test_make_api_error_falls_back_to_public_classes_without_sdk_factory(
