@@ -5,10 +5,10 @@ and ask for a retry; the built-in :class:`PrefillErrorHandler` answers the "assi
 prefill" 400 of Claude 4.6 and later models.
 """
 
-from .agent import Agent, AnthropicClient, RunResult
+from .agent import Agent, AnthropicClient
 from .errors import api_error_type, api_message
 from .messages import SYSTEM_REMINDER_KEY, MessageList, RawMessage, is_system_reminder
-from .pipeline import Attempt, Pipeline
+from .pipeline import Attempt, Pipeline, RunResult
 from .processors import (
     PREFILL_REMINDER_TYPE,
     ParamsProcessor,
@@ -18,14 +18,19 @@ from .processors import (
     RequestParams,
     is_prefill_rejection,
 )
+from .retries import OnRetry, RetryDetails, is_transient
+from .streaming import AgentStream, AsyncAgentStream, partial_text
 
 __all__ = [
     "PREFILL_REMINDER_TYPE",
     "SYSTEM_REMINDER_KEY",
     "Agent",
+    "AgentStream",
     "AnthropicClient",
+    "AsyncAgentStream",
     "Attempt",
     "MessageList",
+    "OnRetry",
     "ParamsProcessor",
     "Pipeline",
     "PrefillErrorHandler",
@@ -33,11 +38,14 @@ __all__ = [
     "Processor",
     "RawMessage",
     "RequestParams",
+    "RetryDetails",
     "RunResult",
     "api_error_type",
     "api_message",
     "is_prefill_rejection",
     "is_system_reminder",
+    "is_transient",
+    "partial_text",
 ]
 
 __version__ = "0.1.0"

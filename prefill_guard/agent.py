@@ -3,50 +3,30 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anthropic
 from anthropic._base_client import AsyncAPIClient, SyncAPIClient
-from anthropic.types import Message
 
 from .messages import MessageList
-from .pipeline import AnyProcessor, Attempt, Pipeline
+from .pipeline import AnyProcessor, Pipeline, RunResult
 from .processors import RequestParams
-from .retries import acall_with_retries, call_with_retries
+from .retries import OnRetry, RetryPolicy, acall_with_retries, call_with_retries
+from .streaming import AgentStream, AsyncAgentStream
 
-__all__ = ["Agent", "AnthropicClient", "RunResult"]
+__all__ = ["Agent", "AnthropicClient"]
 
-AnthropicClient = SyncAPIClient | AsyncAPIClient
+SyncClient = anthropic.Anthropic | anthropic.AnthropicBedrock | anthropic.AnthropicVertex
+AsyncClient = (
+    anthropic.AsyncAnthropic | anthropic.AsyncAnthropicBedrock | anthropic.AsyncAnthropicVertex
+)
+AnthropicClient = SyncClient | AsyncClient
 """Any anthropic client: ``Anthropic``, ``AsyncAnthropic`` and the Bedrock and Vertex variants."""
 
 MessagesInput = str | MessageList | Iterable[Any]
 
 _RESERVED = ("messages", "stream")
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """The outcome of one generation.
-
-    ``messages`` is the conversation afterwards: the input, any hidden reminders and the reply.
-    ``attempts`` records every request made, with the processor that caused each retry.
-    """
-
-    message: Message
-    messages: MessageList
-    attempts: tuple[Attempt, ...]
-
-    @property
-    def text(self) -> str:
-        """The reply's text blocks, joined."""
-        return "".join(block.text for block in self.message.content if block.type == "text")
-
-    @property
-    def retried_by(self) -> tuple[str, ...]:
-        """The ids of the processors that caused retries, in order."""
-        return tuple(a.retried_by for a in self.attempts if a.retried_by is not None)
 
 
 def _client_kind(client: object) -> str:
@@ -61,11 +41,16 @@ def _client_kind(client: object) -> str:
 
 
 class Agent:
-    """Runs generations for one model through an ordered pipeline of error processors.
+    """Runs generations for one model through two retry loops and a pipeline of processors.
 
-    ``generate``/``agenerate`` build each attempt's request from the conversation, and when an
-    attempt fails they let the processors repair it and ask for a retry. An Agent holds no
-    per-call state, so one instance is safe to share between threads and tasks.
+    Each attempt's request is rebuilt from the conversation. Transient failures (429, 5xx, 529,
+    connection errors) are retried up to ``max_retries`` times, honouring ``retry-after``;
+    whatever error is left goes to the ``error_processors``, which may repair the request and
+    ask for a retry (up to ``max_processor_retries``). The SDK's own retries are switched off
+    on the clients the Agent uses, so the two layers never multiply. ``on_retry`` hooks get a
+    :class:`~prefill_guard.RetryDetails` for every retry; ``sleep`` replaces real waiting
+    (for tests). An Agent holds no per-call state: one instance is safe to share between
+    threads and tasks.
     """
 
     def __init__(
@@ -77,6 +62,10 @@ class Agent:
         name: str | None = None,
         error_processors: Iterable[AnyProcessor] = (),
         max_processor_retries: int = 3,
+        max_retries: int = 2,
+        max_retry_delay: float = 60.0,
+        on_retry: Iterable[OnRetry] = (),
+        sleep: Callable[[float], object] | None = None,
         max_tokens: int = 1024,
         **default_params: Any,
     ) -> None:
@@ -89,10 +78,15 @@ class Agent:
         self.instructions = instructions
         self.name = name or model
         self.pipeline = Pipeline(error_processors, max_processor_retries=max_processor_retries)
+        self.retry_policy = RetryPolicy(
+            max_retries=max_retries, max_retry_delay=max_retry_delay, on_retry=on_retry, sleep=sleep
+        )
         self.default_params: RequestParams = {"max_tokens": max_tokens, **default_params}
         self._client_kind = None if client is None else _client_kind(client)
-        self._sync_client = client if self._client_kind == "sync" else None
-        self._async_client = client if self._client_kind == "async" else None
+        # Our retry layer replaces the SDK's; with both on, 1 + 2 retries become 9 requests.
+        own = None if client is None else client.with_options(max_retries=0)
+        self._sync_client = own if self._client_kind == "sync" else None
+        self._async_client = own if self._client_kind == "async" else None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -104,25 +98,42 @@ class Agent:
 
         ``messages`` is a str (one user message), a list of message dicts (copied, never
         changed) or a :class:`MessageList` (the conversation itself: extended in place).
-        ``params`` override the Agent's defaults for this call. When no processor asks to
-        retry, the original SDK exception is raised.
+        ``params`` override the Agent's defaults for this call. When neither retry layer
+        retries, the original SDK exception is raised.
         """
         client = self._get_sync_client()
         self.pipeline.require_sync("Agent.generate()")
         generation = self.pipeline.begin(_as_message_list(messages), self._params(params))
-        message = call_with_retries(generation, lambda request: client.messages.create(**request))
-        generation.succeeded(message)
-        return RunResult(message, generation.messages, generation.attempts)
+        message = call_with_retries(
+            generation, self.retry_policy, lambda request: client.messages.create(**request)
+        )
+        return generation.succeeded(message)
 
     async def agenerate(self, messages: MessagesInput, **params: Any) -> RunResult:
         """The async twin of :meth:`generate`; ``async def`` processors are awaited."""
         client = self._get_async_client()
         generation = self.pipeline.begin(_as_message_list(messages), self._params(params))
         message = await acall_with_retries(
-            generation, lambda request: client.messages.create(**request)
+            generation, self.retry_policy, lambda request: client.messages.create(**request)
         )
-        generation.succeeded(message)
-        return RunResult(message, generation.messages, generation.attempts)
+        return generation.succeeded(message)
+
+    def stream(self, messages: MessagesInput, **params: Any) -> AgentStream:
+        """Stream one generation: ``with agent.stream(messages) as stream:``.
+
+        The request is sent when the block is entered; failures before any content reaches
+        you are retried like :meth:`generate`'s. See :class:`~prefill_guard.AgentStream`.
+        """
+        client = self._get_sync_client()
+        self.pipeline.require_sync("Agent.stream()")
+        generation = self.pipeline.begin(_as_message_list(messages), self._params(params))
+        return AgentStream(client, generation, self.retry_policy)
+
+    def astream(self, messages: MessagesInput, **params: Any) -> AsyncAgentStream:
+        """The async twin of :meth:`stream`: ``async with agent.astream(messages) as stream:``."""
+        client = self._get_async_client()
+        generation = self.pipeline.begin(_as_message_list(messages), self._params(params))
+        return AsyncAgentStream(client, generation, self.retry_policy)
 
     # -- internals -------------------------------------------------------------------
     def _params(self, params: dict[str, Any]) -> RequestParams:
@@ -141,7 +152,7 @@ class Agent:
             )
         with self._lock:
             if self._sync_client is None:
-                self._sync_client = anthropic.Anthropic()
+                self._sync_client = anthropic.Anthropic(max_retries=0)
             return self._sync_client  # type: ignore[return-value]
 
     def _get_async_client(self) -> anthropic.AsyncAnthropic:
@@ -152,7 +163,7 @@ class Agent:
             )
         with self._lock:
             if self._async_client is None:
-                self._async_client = anthropic.AsyncAnthropic()
+                self._async_client = anthropic.AsyncAnthropic(max_retries=0)
             return self._async_client  # type: ignore[return-value]
 
 
@@ -162,7 +173,7 @@ def _check_params(params: dict[str, Any], where: str) -> None:
             hint = (
                 "pass the conversation as the first argument"
                 if key == "messages"
-                else ("streaming is not part of generate(); call the SDK's stream helpers")
+                else ("use agent.stream() / agent.astream() to stream")
             )
             raise TypeError(f"{where}: {key!r} is not a request parameter here; {hint}")
 

@@ -11,9 +11,10 @@ from typing import Any, TextIO
 
 import anthropic
 
-from .agent import Agent, RunResult
+from .agent import Agent
 from .errors import api_message
 from .messages import is_system_reminder
+from .pipeline import RunResult
 from .processors import PrefillErrorHandler
 
 __all__ = ["main"]

@@ -12,7 +12,7 @@ import inspect
 import logging
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 from anthropic import APIError
 from anthropic.types import Message
@@ -20,7 +20,7 @@ from anthropic.types import Message
 from .messages import MessageList
 from .processors import ParamsProcessor, ProcessAPIErrorResult, Processor, RequestParams
 
-__all__ = ["Attempt", "Generation", "Pipeline", "run_async", "run_sync"]
+__all__ = ["Attempt", "Generation", "Pipeline", "RunResult", "run_async", "run_sync"]
 
 logger = logging.getLogger("prefill_guard")
 
@@ -32,14 +32,40 @@ AnyProcessor = Processor | ParamsProcessor
 class Attempt:
     """One request of a generation and what came of it.
 
-    ``error`` is ``None`` for the attempt that succeeded; ``retried_by`` names the processor
-    whose ``retry=True`` caused the next attempt, or is ``None`` when nobody retried.
+    ``error`` is ``None`` for the attempt that succeeded. ``retry`` says what followed a failed
+    attempt: ``"transient"`` (sent again unchanged after ``wait`` seconds), ``"processor"``
+    (repaired by the processor ``retried_by``), or ``None`` (the error went to the caller).
     """
 
     number: int
     error: BaseException | None
     request_id: str | None
+    retry: Literal["transient", "processor"] | None = None
     retried_by: str | None = None
+    wait: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of one generation.
+
+    ``messages`` is the conversation afterwards: the input, any hidden reminders and the reply.
+    ``attempts`` records every request made and what followed each failed one.
+    """
+
+    message: Message
+    messages: MessageList
+    attempts: tuple[Attempt, ...]
+
+    @property
+    def text(self) -> str:
+        """The reply's text blocks, joined."""
+        return "".join(block.text for block in self.message.content if block.type == "text")
+
+    @property
+    def retried_by(self) -> tuple[str, ...]:
+        """The ids of the processors that caused retries, in order."""
+        return tuple(a.retried_by for a in self.attempts if a.retried_by is not None)
 
 
 @dataclass(frozen=True)
@@ -161,12 +187,25 @@ class Generation:
         """The next attempt's request, rebuilt from the conversation (hidden metadata removed)."""
         return {**self.params, "messages": self.messages.to_api()}
 
-    def succeeded(self, message: Message) -> None:
-        """Record the successful attempt and append the reply to the conversation."""
+    def succeeded(self, message: Message) -> RunResult:
+        """Record the successful attempt, append the reply to the conversation, sum it up."""
         self._attempts.append(
             Attempt(len(self._attempts) + 1, None, getattr(message, "_request_id", None))
         )
         self.messages.append(message)  # type: ignore[arg-type]  # MessageList converts Message
+        return RunResult(message, self.messages, self.attempts)
+
+    def transient_failed(self, error: BaseException, wait: float) -> Attempt:
+        """Record an attempt that failed transiently and is sent again after ``wait`` seconds."""
+        attempt = Attempt(
+            len(self._attempts) + 1,
+            error,
+            getattr(error, "request_id", None),
+            retry="transient",
+            wait=wait,
+        )
+        self._attempts.append(attempt)
+        return attempt
 
     def failed(self, error: BaseException) -> Generator[Step, object, bool]:
         """Decide whether to retry after ``error``; yields processor calls for a driver to make.
@@ -210,12 +249,6 @@ class Generation:
                     self._retry_counts[index] += 1
                     self._processor_retries += 1
                     retried_by = entry.id
-                    logger.info(
-                        "retrying after %s (request id %s): processor %r repaired the request",
-                        type(error).__name__,
-                        getattr(error, "request_id", None),
-                        entry.id,
-                    )
                     return True
             return False
         finally:
@@ -224,7 +257,8 @@ class Generation:
                     len(self._attempts) + 1,
                     error,
                     getattr(error, "request_id", None),
-                    retried_by,
+                    retry=None if retried_by is None else "processor",
+                    retried_by=retried_by,
                 )
             )
 

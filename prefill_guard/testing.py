@@ -2,8 +2,10 @@
 
 `AnthropicEmulator` is a real HTTP server on 127.0.0.1 that the real `anthropic` SDK can talk to.
 It answers ``POST /v1/messages`` with the same body shapes and error texts as the real API,
-including the 400 that Claude 4.6-and-later models give for an assistant-message prefill, and it
-can be scripted with `Fault` answers (529, 429, HTML 502 pages, ...) to exercise retry logic.
+including the 400 that Claude 4.6-and-later models give for an assistant-message prefill, and
+streams ``"stream": true`` requests as chunked server-sent events in the API's event order. It
+can be scripted with `Fault` answers to exercise retry logic: HTTP errors (529, 429 with
+retry-after, HTML 502 pages, ...), ``error`` events mid-stream, dropped connections and stalls.
 """
 
 from __future__ import annotations
@@ -11,17 +13,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import re
 import secrets
+import select
 import socket
 import string
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 from urllib.parse import urlsplit
 
 import anthropic
@@ -32,6 +37,7 @@ __all__ = [
     "PREFILL_MESSAGE",
     "AnthropicEmulator",
     "Fault",
+    "FaultKind",
     "RecordedRequest",
     "make_api_error",
     "model_rejects_prefill",
@@ -51,9 +57,6 @@ TRAILING_WHITESPACE_MESSAGE: Final[str] = (
 )
 WHITESPACE_TEXT_MESSAGE: Final[str] = (
     "messages: text content blocks must contain non-whitespace text"
-)
-STREAMING_NOT_SUPPORTED_MESSAGE: Final[str] = (
-    "stream: streaming is not supported by this emulator yet"
 )
 MISSING_API_KEY_MESSAGE: Final[str] = "x-api-key header is required"
 EMPTY_CONTENT_MESSAGE: Final[str] = (
@@ -90,6 +93,17 @@ _ERROR_TYPES: Final[Mapping[int, tuple[str, str]]] = {
     504: ("timeout_error", "Request timed out"),
     529: ("overloaded_error", "Overloaded"),
 }
+# The HTTP status the API uses for each error type (for an SSE error fault's non-streaming twin).
+_ERROR_TYPE_STATUS: Final[Mapping[str, int]] = {
+    error_type: status for status, (error_type, _) in _ERROR_TYPES.items()
+}
+
+FaultKind = Literal["status", "sse_error", "disconnect", "stall"]
+"""What a `Fault` does: answer an HTTP error, break an SSE stream, drop the connection, or wait."""
+
+_FAULT_KINDS: Final[tuple[str, ...]] = get_args(FaultKind)
+_CHUNK_RE: Final[re.Pattern[str]] = re.compile(r"\s*\S+\s*|\s+")
+_STALL_POLL_SECONDS: Final[float] = 0.05  # how often a stall checks whether its client went away
 
 
 def model_rejects_prefill(model: str) -> bool:
@@ -111,13 +125,131 @@ def model_rejects_prefill(model: str) -> bool:
 class Fault:
     """One scripted answer that replaces the emulator's normal handling of one request.
 
-    ``body`` may be a dict (sent as JSON), a str (sent as-is, e.g. an HTML 502 page) or None (the
-    API's standard error body for ``status``); ``headers`` are added to, and override, the defaults.
+    Each request (any path) consumes the next queued fault, in order. ``kind`` says what it does:
+
+    ``"status"`` (the default; ``Fault(status, body=None, headers={})``)
+        Answer ``status`` at once, before auth and validation. ``body`` may be a dict (sent as
+        JSON), a str (sent as-is, e.g. an HTML 502 page) or None (the API's standard error body
+        for ``status``); ``headers`` are added to, and override, the defaults.
+    ``"sse_error"`` (make it with `Fault.sse_error`)
+        A streaming request gets 200 and a normal stream up to ``after_deltas`` text deltas, then
+        an ``error`` event of type ``error_type``; a non-streaming request gets the equivalent
+        HTTP error (``status``, e.g. 529 for ``overloaded_error``).
+    ``"disconnect"`` (make it with `Fault.disconnect`)
+        Drop the connection mid-body: half of a normal JSON answer, or a stream cut after
+        ``after_deltas`` text deltas without the end of the chunked body.
+    ``"stall"`` (make it with `Fault.stall`)
+        Wait ``seconds`` (less if the emulator stops or the client goes away), then handle the
+        request normally.
+
+    ``sse_error`` and ``disconnect`` faults, like status faults, skip auth and validation: they
+    build their (broken) answer from whatever the request holds. ``after_deltas`` beyond the
+    number of reply chunks sends them all.
     """
 
     status: int
     body: dict[str, Any] | str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    kind: FaultKind = field(default="status", kw_only=True)
+    after_deltas: int = field(default=0, kw_only=True)
+    error_type: str | None = field(default=None, kw_only=True)
+    message: str | None = field(default=None, kw_only=True)
+    seconds: float = field(default=0.0, kw_only=True)
+
+    def __post_init__(self) -> None:
+        """Reject field values that make no sense for the fault's kind."""
+        kind = self.kind
+        if kind not in _FAULT_KINDS:
+            raise ValueError(f"Fault kind must be one of {_FAULT_KINDS}, not {kind!r}")
+        if not _is_int(self.status) or not 100 <= self.status <= 599:
+            raise ValueError(f"Fault status must be an int in 100..599, not {self.status!r}")
+        if not _is_int(self.after_deltas) or self.after_deltas < 0:
+            raise ValueError(f"after_deltas must be an int >= 0, not {self.after_deltas!r}")
+        seconds = self.seconds
+        if not _is_number(seconds) or not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"seconds must be a finite number >= 0, not {seconds!r}")
+        if kind == "sse_error":
+            if not isinstance(self.error_type, str) or not self.error_type:
+                raise ValueError(f"error_type must be a non-empty str, not {self.error_type!r}")
+            if self.message is not None and not isinstance(self.message, str):
+                raise ValueError(f"message must be a str or None, not {self.message!r}")
+        unused = {
+            "body": self.body is not None and kind != "status",
+            "headers": bool(self.headers) and kind != "status",
+            "after_deltas": self.after_deltas != 0 and kind not in ("sse_error", "disconnect"),
+            "error_type": self.error_type is not None and kind != "sse_error",
+            "message": self.message is not None and kind != "sse_error",
+            "seconds": seconds != 0 and kind != "stall",
+        }
+        for name, is_set in unused.items():
+            if is_set:
+                raise ValueError(f"{name} does not apply to a {kind!r} fault")
+        expected = _fault_status(kind, self.error_type)
+        if expected is not None and self.status != expected:
+            raise ValueError(
+                f"a {kind!r} fault has status {expected}, not {self.status}; "
+                f"make it with Fault.{kind}(...)"
+            )
+
+    @classmethod
+    def sse_error(
+        cls,
+        *,
+        after_deltas: int = 0,
+        error_type: str = "overloaded_error",
+        message: str | None = None,
+    ) -> Fault:
+        """An ``error`` event mid-stream, after `after_deltas` text deltas (200 already sent).
+
+        The SDK raises a plain `anthropic.APIStatusError` with ``status_code == 200`` while the
+        stream is iterated. A non-streaming request gets the equivalent HTTP error instead (529
+        for ``overloaded_error``, 500 for ``api_error``, 429, 400, 401, 403, 404, 413, 402, 504
+        for the other API error types, 500 for unknown ones). ``message`` defaults to the API's
+        standard message for the error type.
+        """
+        return cls(
+            _fault_status("sse_error", error_type) or 500,
+            kind="sse_error",
+            after_deltas=after_deltas,
+            error_type=error_type,
+            message=message,
+        )
+
+    @classmethod
+    def disconnect(cls, *, after_deltas: int = 0) -> Fault:
+        """Close the connection mid-body.
+
+        Non-streaming: the status line and headers of a normal 200 (with the full body's
+        Content-Length), then half the body. Streaming: the events up to and including
+        `after_deltas` text deltas, without the chunked body's terminating chunk.
+        """
+        return cls(200, kind="disconnect", after_deltas=after_deltas)
+
+    @classmethod
+    def stall(cls, seconds: float) -> Fault:
+        """Wait `seconds` before handling the request normally (a slow or hung server).
+
+        The wait ends early, closing the connection without an answer, when the emulator stops
+        or the client goes away (e.g. after its own timeout).
+        """
+        return cls(200, kind="stall", seconds=seconds)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fault_status(kind: str, error_type: object) -> int | None:
+    """The status a fault of `kind` must have, or None when the caller chooses it."""
+    if kind == "sse_error":
+        return _ERROR_TYPE_STATUS.get(error_type, 500) if isinstance(error_type, str) else None
+    if kind in ("disconnect", "stall"):
+        return 200
+    return None
 
 
 @dataclass(frozen=True)
@@ -256,9 +388,125 @@ class _Reject(Exception):
 
 @dataclass(frozen=True)
 class _Response:
+    """What the handler sends: a plain body, or (``events`` set) a chunked SSE stream.
+
+    ``drop`` cuts the answer short and closes the connection: only half of ``body`` is sent, or
+    the events without the chunked body's terminating chunk.
+    """
+
     status: int
     body: bytes
     headers: Mapping[str, str]  # lower-cased names
+    events: tuple[bytes, ...] | None = None
+    drop: bool = False
+
+
+@dataclass(frozen=True)
+class _Completion:
+    """One emulated assistant reply, rendered as a Message body or as its SSE events."""
+
+    model: str
+    reply: str
+    input_tokens: int
+
+    @property
+    def output_tokens(self) -> int:
+        return max(1, len(self.reply.split()))
+
+    @property
+    def chunks(self) -> list[str]:
+        """The reply split into text deltas: each word with its trailing whitespace.
+
+        Leading whitespace goes with the first word (or is the only delta), so the deltas always
+        join to exactly the reply; an empty reply has none.
+        """
+        return _CHUNK_RE.findall(self.reply)
+
+    def message(self) -> dict[str, Any]:
+        return {
+            "id": _new_id("msg_"),
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [{"type": "text", "text": self.reply}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
+        }
+
+    def stream_head(self) -> list[bytes]:
+        """message_start, content_block_start and ping: what precedes the first delta."""
+        message = {
+            **self.message(),
+            "content": [],
+            "stop_reason": None,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": 1},
+        }
+        return [
+            _sse_event("message_start", {"type": "message_start", "message": message}),
+            _sse_event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            ),
+            _sse_event("ping", {"type": "ping"}),
+        ]
+
+    def stream_deltas(self) -> list[bytes]:
+        return [
+            _sse_event(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": chunk},
+                },
+            )
+            for chunk in self.chunks
+        ]
+
+    def stream_tail(self) -> list[bytes]:
+        """content_block_stop, message_delta and message_stop: what follows the last delta."""
+        return [
+            _sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            _sse_event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": self.output_tokens},
+                },
+            ),
+            _sse_event("message_stop", {"type": "message_stop"}),
+        ]
+
+    def stream(self) -> list[bytes]:
+        return self.stream_head() + self.stream_deltas() + self.stream_tail()
+
+
+def _sse_event(name: str, data: Mapping[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _sse_response(events: Iterable[bytes], *, drop: bool = False) -> _Response:
+    return _Response(
+        status=200,
+        body=b"",
+        headers={
+            "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-cache",
+            "request-id": _new_id("req_"),
+        },
+        events=tuple(events),
+        drop=drop,
+    )
+
+
+def _is_streaming(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("stream") is True
 
 
 def _json_response(status: int, body: Mapping[str, Any]) -> _Response:
@@ -272,7 +520,7 @@ def _json_response(status: int, body: Mapping[str, Any]) -> _Response:
     )
 
 
-def _fault_response(fault: Fault) -> _Response:
+def _status_fault_response(fault: Fault) -> _Response:
     if isinstance(fault.body, str):
         content_type = "text/html" if fault.body.lstrip().startswith("<") else "text/plain"
         response = _Response(
@@ -306,6 +554,10 @@ def _count_words(value: Any) -> int:
     return 0
 
 
+def _input_tokens(body: Mapping[str, Any]) -> int:
+    return max(1, _count_words(body.get("messages")) + _count_words(body.get("system")))
+
+
 def _is_blank(text: str) -> bool:
     return not text.strip()
 
@@ -320,6 +572,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], emulator: AnthropicEmulator) -> None:
         self.emulator = emulator
+        self.stopping = threading.Event()  # set by stop(): ends stalls early
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -454,23 +707,63 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in self.headers.items():
             key = name.lower()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        response = self.server.emulator._respond(self.command, self.path, headers, raw)
+        response = self.server.emulator._respond(
+            self.command, self.path, headers, raw, wait=self._wait
+        )
+        if response is None:  # a stall ended by stop() or by the client leaving: no answer
+            self.close_connection = True
+            return
         self._send(response, send_body=send_body)
+
+    def _wait(self, seconds: float) -> bool:
+        """Wait `seconds`; False (early) if the emulator stops or the client closes its end."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self.server.stopping.wait(min(remaining, _STALL_POLL_SECONDS)):
+                return False
+            if self._client_gone():
+                return False
+        return True
+
+    def _client_gone(self) -> bool:
+        """Whether the client closed its end (EOF or reset) while no answer was sent yet."""
+        try:
+            if hasattr(select, "poll"):  # unlike select(), no FD_SETSIZE limit on descriptors
+                poller = select.poll()
+                poller.register(self.connection, select.POLLIN)
+                readable = bool(poller.poll(0))
+            else:
+                readable = bool(select.select([self.connection], [], [], 0)[0])
+            return readable and not self.connection.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
 
     def _send(self, response: _Response, *, send_body: bool = True) -> None:
         try:
             self.send_response(response.status, _reason_phrase(response.status))
             for name, value in response.headers.items():
-                if name not in ("content-length", "connection"):
+                if name not in ("content-length", "connection", "transfer-encoding"):
                     self.send_header(name, value)
             bodiless = response.status < 200 or response.status in (204, 304)
-            if not bodiless:
+            if response.events is not None:
+                self.send_header("Transfer-Encoding", "chunked")
+            elif not bodiless:
                 self.send_header("Content-Length", str(len(response.body)))
+            if response.drop:
+                self.close_connection = True
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
-            if send_body and not bodiless:
-                self.wfile.write(response.body)
+            if not send_body or bodiless:
+                return
+            if response.events is None:
+                body = response.body[: len(response.body) // 2] if response.drop else response.body
+                self.wfile.write(body)
+                return
+            for event in response.events:  # one chunk per event, each sent at once
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+            if not response.drop:
+                self.wfile.write(b"0\r\n\r\n")
         except OSError:
             self.close_connection = True
 
@@ -540,6 +833,7 @@ class AnthropicEmulator:
             self._thread = None
         if server is None:
             return
+        server.stopping.set()
         server.shutdown()
         if thread is not None:
             thread.join()
@@ -643,7 +937,16 @@ class AnthropicEmulator:
         dated = _DATED_NAME_RE.fullmatch(model)
         return dated is not None and dated["base"] in self._no_prefill_models
 
-    def _respond(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> _Response:
+    def _respond(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        raw: bytes,
+        *,
+        wait: Callable[[float], bool],
+    ) -> _Response | None:
+        """Record and answer one request; None means close the connection without an answer."""
         text = raw.decode("utf-8", errors="replace")
         body: Any
         if not raw:
@@ -656,14 +959,70 @@ class AnthropicEmulator:
         with self._lock:
             self._requests.append(RecordedRequest(method, path, headers, body))
             fault = self._faults.pop(0) if self._faults else None
-        if fault is not None:
-            return _fault_response(fault)
-        if method != "POST" or urlsplit(path).path != _MESSAGES_PATH:
-            return _json_response(404, _error_body(404))
         try:
+            if fault is not None:
+                if fault.kind == "stall":
+                    if not wait(fault.seconds):
+                        return None
+                else:
+                    return self._fault_response(fault, body)
+            if method != "POST" or urlsplit(path).path != _MESSAGES_PATH:
+                return _json_response(404, _error_body(404))
             return self._messages(headers, raw, body)
         except _Reject as reject:
             return _json_response(reject.status, _error_body(reject.status, reject.message))
+
+    def _fault_response(self, fault: Fault, body: Any) -> _Response:
+        if fault.kind == "sse_error":
+            error_type = fault.error_type or "api_error"
+            message = fault.message
+            if message is None:
+                message = _standard_error(_ERROR_TYPE_STATUS.get(error_type, 500))[1]
+            if not _is_streaming(body):
+                error_body = _error_body(fault.status, message)
+                error_body["error"]["type"] = error_type
+                return _json_response(fault.status, error_body)
+            completion = self._best_effort_completion(body)
+            error_event = _sse_event(
+                "error", {"type": "error", "error": {"type": error_type, "message": message}}
+            )
+            return _sse_response(
+                [
+                    *completion.stream_head(),
+                    *completion.stream_deltas()[: fault.after_deltas],
+                    error_event,
+                ]
+            )
+        if fault.kind == "disconnect":
+            completion = self._best_effort_completion(body)
+            if not _is_streaming(body):
+                response = _json_response(200, completion.message())
+                return _Response(response.status, response.body, response.headers, drop=True)
+            events = completion.stream_head() + completion.stream_deltas()[: fault.after_deltas]
+            return _sse_response(events, drop=True)
+        return _status_fault_response(fault)
+
+    def _best_effort_completion(self, body: Any) -> _Completion:
+        """The reply for a request a fault answers without validating it."""
+        if not isinstance(body, dict):
+            return _Completion("unknown", DEFAULT_REPLY_TEXT, 1)
+        model = body.get("model")
+        return _Completion(
+            model=model if isinstance(model, str) else "unknown",
+            reply=self._reply_text(body),
+            input_tokens=_input_tokens(body),
+        )
+
+    def _reply_text(self, body: dict[str, Any]) -> str:
+        if not callable(self._reply):
+            return self._reply
+        try:
+            reply = self._reply(copy.deepcopy(body))
+        except Exception as exc:  # surface a broken reply callable as an API error, not a hang
+            raise _Reject(500, f"emulator reply callable raised {exc!r}") from exc
+        if not isinstance(reply, str):
+            raise _Reject(500, f"emulator reply callable returned {type(reply).__name__}, not str")
+        return reply
 
     def _messages(self, headers: Mapping[str, str], raw: bytes, body: Any) -> _Response:
         self._check_auth(headers)
@@ -691,30 +1050,10 @@ class AnthropicEmulator:
             final_text = _final_text(last["content"])
             if final_text is not None and final_text != final_text.rstrip():
                 raise _Reject(400, TRAILING_WHITESPACE_MESSAGE)
-        if body.get("stream") is True:
-            raise _Reject(400, STREAMING_NOT_SUPPORTED_MESSAGE)
-        try:
-            reply = self._reply(copy.deepcopy(body)) if callable(self._reply) else self._reply
-        except Exception as exc:  # surface a broken reply callable as an API error, not a hang
-            raise _Reject(500, f"emulator reply callable raised {exc!r}") from exc
-        return _json_response(
-            200,
-            {
-                "id": _new_id("msg_"),
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": [{"type": "text", "text": reply}],
-                "stop_reason": "end_turn",
-                "stop_sequence": None,
-                "usage": {
-                    "input_tokens": max(
-                        1, _count_words(messages) + _count_words(body.get("system"))
-                    ),
-                    "output_tokens": max(1, len(reply.split())),
-                },
-            },
-        )
+        completion = _Completion(model, self._reply_text(body), _input_tokens(body))
+        if _is_streaming(body):
+            return _sse_response(completion.stream())
+        return _json_response(200, completion.message())
 
     @staticmethod
     def _check_auth(headers: Mapping[str, str]) -> None:
@@ -748,6 +1087,8 @@ class AnthropicEmulator:
             raise _Reject(400, "messages: Input should be a valid list")
         if not messages:
             raise _Reject(400, "messages: at least one message is required")
+        if "stream" in body and not isinstance(body["stream"], bool):
+            raise _Reject(400, "stream: Input should be a valid boolean")
         return model
 
     @staticmethod

@@ -24,6 +24,8 @@ from prefill_guard.testing import (
     Fault,
 )
 
+from .conftest import AsyncPrefillRepair, SwitchModel
+
 MODEL = "claude-opus-4-6"
 ENDS_WITH_ASSISTANT = [
     {"role": "user", "content": "Write a haiku."},
@@ -222,22 +224,8 @@ def test_order_and_cap_end_to_end(anthropic_emulator: AnthropicEmulator) -> None
 def test_params_processor_changes_the_next_request(anthropic_emulator: AnthropicEmulator) -> None:
     """A processor declaring params= switches the model; the retry is sent with it."""
 
-    class Fallback:
-        id = "fallback"
-
-        def process_api_error(
-            self,
-            *,
-            error: anthropic.APIError,
-            messages: MessageList,
-            retry_count: int,
-            params: dict[str, Any],
-        ) -> ProcessAPIErrorResult | None:
-            params["model"] = "claude-haiku-4-5"
-            return ProcessAPIErrorResult(retry=retry_count == 0)
-
     with anthropic_emulator.client() as client:
-        result = Agent(MODEL, client=client, error_processors=[Fallback()]).generate(
+        result = Agent(MODEL, client=client, error_processors=[SwitchModel()]).generate(
             ENDS_WITH_ASSISTANT
         )
     assert [r.body["model"] for r in anthropic_emulator.message_requests] == [
@@ -268,21 +256,10 @@ def test_async_processor_is_refused_by_generate_before_any_request(
 async def test_async_processor_runs_in_agenerate(anthropic_emulator: AnthropicEmulator) -> None:
     """agenerate awaits an async def processor that performs the repair."""
 
-    class AsyncRepair:
-        id = "async-repair"
-
-        async def process_api_error(
-            self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
-        ) -> ProcessAPIErrorResult | None:
-            await asyncio.sleep(0)
-            return PrefillErrorHandler().process_api_error(
-                error=error, messages=messages, retry_count=retry_count
-            )
-
     async with anthropic_emulator.async_client() as client:
-        result = await Agent(MODEL, client=client, error_processors=[AsyncRepair()]).agenerate(
-            ENDS_WITH_ASSISTANT
-        )
+        result = await Agent(
+            MODEL, client=client, error_processors=[AsyncPrefillRepair()]
+        ).agenerate(ENDS_WITH_ASSISTANT)
     assert result.retried_by == ("async-repair",)
 
 

@@ -13,6 +13,8 @@ from prefill_guard import MessageList, Pipeline, PrefillErrorHandler, ProcessAPI
 from prefill_guard.pipeline import run_async, run_sync
 from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
 
+from .conftest import SwitchModel
+
 RETRY = ProcessAPIErrorResult(retry=True)
 
 
@@ -41,25 +43,6 @@ class Raiser:
     ) -> ProcessAPIErrorResult | None:
         messages.add("user", "half-done repair")
         raise RuntimeError("processor bug")
-
-
-class ModelSwitcher:
-    """A params-aware processor: switches the model once."""
-
-    id = "model-switcher"
-
-    def process_api_error(
-        self,
-        *,
-        error: anthropic.APIError,
-        messages: MessageList,
-        retry_count: int,
-        params: dict[str, Any],
-    ) -> ProcessAPIErrorResult | None:
-        if retry_count:
-            return None
-        params["model"] = "claude-haiku-4-5"
-        return RETRY
 
 
 class AsyncRecorder:
@@ -146,9 +129,9 @@ def test_wrong_return_value_is_logged_and_ignored(caplog: pytest.LogCaptureFixtu
 
 
 def test_params_are_passed_only_to_processors_that_declare_them() -> None:
-    """ModelSwitcher gets params= and its change reaches the next request; Recorder does not."""
+    """SwitchModel gets params= and its change reaches the next request; Recorder does not."""
     plain = Recorder("plain")
-    generation = _generation(Pipeline([plain, ModelSwitcher()]))
+    generation = _generation(Pipeline([plain, SwitchModel()]))
     assert run_sync(generation.failed(ERROR)) is True
     assert generation.request()["model"] == "claude-haiku-4-5"
 

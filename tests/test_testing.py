@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -82,6 +83,98 @@ def assert_bad_request(exc: anthropic.BadRequestError, message: str) -> None:
     assert_error_shape(exc.body, "invalid_request_error", message)
     assert isinstance(exc.body, dict)
     assert exc.body["request_id"] == exc.request_id
+
+
+REPLY_CHUNKS = ["Hello ", "from ", "the ", "prefill_guard ", "emulator."]
+"""The default reply's text deltas: each word with its trailing whitespace."""
+
+SDK_STREAM_EVENT_TYPES = [
+    "message_start",
+    "content_block_start",
+    *["content_block_delta", "text"] * len(REPLY_CHUNKS),  # the SDK adds a `text` event per delta
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+]
+
+
+def text_blocks(message: Message) -> list[tuple[str, str | None]]:
+    """A message's content as (type, text) pairs, comparable across TextBlock subclasses."""
+    return [(block.type, getattr(block, "text", None)) for block in message.content]
+
+
+def stream_text(client: anthropic.Anthropic, received: list[str]) -> None:
+    """Stream a reply through `client.messages.stream`, appending each text delta as it comes."""
+    with client.messages.stream(
+        model="claude-haiku-4-5", max_tokens=64, messages=USER_HI
+    ) as stream:
+        received.extend(stream.text_stream)
+
+
+async def astream_text(client: anthropic.AsyncAnthropic, received: list[str]) -> None:
+    """The async twin of `stream_text`."""
+    async with client.messages.stream(
+        model="claude-haiku-4-5", max_tokens=64, messages=USER_HI
+    ) as stream:
+        async for text in stream.text_stream:
+            received.append(text)
+
+
+def raw_exchange(emu: AnthropicEmulator, body: dict[str, Any]) -> tuple[bytes, bytes]:
+    """POST `body` over a plain socket with Connection: close; the raw head and body bytes."""
+    payload = json.dumps(body).encode()
+    request = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+    )
+    with socket.create_connection(("127.0.0.1", emu.port), timeout=5) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def head_fields(head: bytes) -> dict[str, str]:
+    """The lower-cased header fields of a raw response head."""
+    lines = head.decode().split("\r\n")[1:]
+    return {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines)
+    }
+
+
+def split_chunks(data: bytes) -> tuple[list[bytes], bool]:
+    """Split a chunked body into its chunks; the flag says whether the 0-length chunk ended it."""
+    chunks: list[bytes] = []
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return chunks, rest == b"\r\n"
+        chunks.append(rest[:size])
+        assert rest[size : size + 2] == b"\r\n"
+        data = rest[size + 2 :]
+    return chunks, False
+
+
+def parse_event(chunk: bytes) -> tuple[str, Any]:
+    """One `event: NAME\\ndata: JSON\\n\\n` SSE event as (NAME, parsed JSON)."""
+    text = chunk.decode()
+    assert text.endswith("\n\n")
+    event_line, data_line = text[:-2].split("\n")
+    assert event_line.startswith("event: ")
+    assert data_line.startswith("data: ")
+    return event_line[len("event: ") :], json.loads(data_line[len("data: ") :])
+
+
+STREAM_BODY: dict[str, Any] = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 64,
+    "messages": USER_HI,
+    "stream": True,
+}
 
 
 # -- success round trips ----------------------------------------------------------------------
@@ -186,6 +279,17 @@ def test_reply_callable_receives_parsed_request_body() -> None:
             "messages": [{"role": "user", "content": "ping"}],
         }
     ]
+
+
+def test_reply_callable_returning_non_text_gives_500() -> None:
+    """A reply callable that returns something other than a str surfaces as a 500 api_error."""
+    with (
+        AnthropicEmulator(reply=lambda body: None) as emu,  # type: ignore[arg-type,return-value]
+        emu.client() as client,
+        pytest.raises(anthropic.InternalServerError) as info,
+    ):
+        create(client, "claude-haiku-4-5", USER_HI)
+    assert api_message(info.value) == "emulator reply callable returned NoneType, not str"
 
 
 def test_reply_string_is_used_as_text() -> None:
@@ -476,17 +580,8 @@ def test_empty_message_list_is_rejected(client: anthropic.Anthropic) -> None:
     assert_bad_request(info.value, "messages: at least one message is required")
 
 
-def test_stream_true_is_rejected_after_validation(client: anthropic.Anthropic) -> None:
-    """stream=True gets the not-supported 400 (streaming is not emulated yet)."""
-    with pytest.raises(anthropic.BadRequestError) as info:
-        client.messages.create(
-            model="claude-haiku-4-5", max_tokens=64, messages=USER_HI, stream=True
-        )
-    assert_bad_request(info.value, "stream: streaming is not supported by this emulator yet")
-
-
 def test_stream_true_still_reports_prefill_error_first(client: anthropic.Anthropic) -> None:
-    """Validation (here the prefill check) runs before the streaming check."""
+    """create(stream=True) on a rejected prefill raises the 400 before any event is read."""
     messages: list[Any] = [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "Sure"},
@@ -557,6 +652,11 @@ def test_authorization_without_bearer_token_gives_401(
         (
             b'{"model": "m", "max_tokens": 8, "messages": {}}',
             "messages: Input should be a valid list",
+        ),
+        (
+            b'{"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}],'
+            b' "stream": "yes"}',
+            "stream: Input should be a valid boolean",
         ),
     ],
 )
@@ -631,6 +731,235 @@ def test_chunked_request_body_is_decoded(emu: AnthropicEmulator) -> None:
     assert head.startswith(b"HTTP/1.1 200")
     assert json.loads(payload)["content"][0]["text"] == DEFAULT_REPLY_TEXT
     assert emu.requests[0].body["messages"] == USER_HI
+
+
+# -- streaming ----------------------------------------------------------------------------------
+
+
+def test_stream_wire_events_are_the_api_events_in_order(emu: AnthropicEmulator) -> None:
+    """On the wire: message_start, content_block_start, ping, deltas, block stop, delta, stop."""
+    _, body = raw_exchange(emu, STREAM_BODY)
+    chunks, terminated = split_chunks(body)
+    events = [parse_event(chunk) for chunk in chunks]
+
+    assert terminated
+    assert [name for name, _ in events] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        *["content_block_delta"] * len(REPLY_CHUNKS),
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert all(data["type"] == name for name, data in events)
+    start = events[0][1]["message"]
+    assert start["id"].startswith("msg_")
+    assert {key: value for key, value in start.items() if key != "id"} == {
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-haiku-4-5",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": 1},
+    }
+    assert events[1][1] == {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    assert events[2][1] == {"type": "ping"}
+    assert [data for _, data in events[3:-3]] == [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+        for text in REPLY_CHUNKS
+    ]
+    assert [data for _, data in events[-3:]] == [
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": len(REPLY_CHUNKS)},
+        },
+        {"type": "message_stop"},
+    ]
+
+
+def test_stream_is_chunked_event_stream_with_request_id(emu: AnthropicEmulator) -> None:
+    """A stream is a 200 text/event-stream, chunked, one event per chunk, with a request-id."""
+    head, body = raw_exchange(emu, STREAM_BODY)
+    fields = head_fields(head)
+
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert fields["content-type"].startswith("text/event-stream")
+    assert fields["transfer-encoding"] == "chunked"
+    assert "content-length" not in fields
+    assert fields["request-id"].startswith("req_")
+    chunks, terminated = split_chunks(body)
+    assert terminated
+    assert len(chunks) == 3 + len(REPLY_CHUNKS) + 3
+    assert all(chunk.startswith(b"event: ") and chunk.count(b"\n\n") == 1 for chunk in chunks)
+
+
+def test_sdk_stream_iteration_sees_events_in_order(client: anthropic.Anthropic) -> None:
+    """client.messages.stream yields the API's events in order (the SDK drops ping)."""
+    with client.messages.stream(
+        model="claude-haiku-4-5", max_tokens=64, messages=USER_HI
+    ) as stream:
+        types = [event.type for event in stream]
+    assert types == SDK_STREAM_EVENT_TYPES
+
+
+def test_create_stream_true_yields_the_raw_events_in_order(client: anthropic.Anthropic) -> None:
+    """create(stream=True) yields the raw events: the wire order without ping."""
+    with client.messages.create(
+        model="claude-haiku-4-5", max_tokens=64, messages=USER_HI, stream=True
+    ) as stream:
+        types = [event.type for event in stream]
+    assert types == [event for event in SDK_STREAM_EVENT_TYPES if event != "text"]
+
+
+def test_sdk_text_stream_joins_to_the_reply(client: anthropic.Anthropic) -> None:
+    """text_stream gives one piece per word (with its trailing whitespace) of the reply."""
+    received: list[str] = []
+    stream_text(client, received)
+    assert received == REPLY_CHUNKS
+    assert "".join(received) == DEFAULT_REPLY_TEXT
+
+
+def test_stream_final_message_equals_non_streaming_reply(client: anthropic.Anthropic) -> None:
+    """get_final_message() has the same content, stop reason and output usage as create()."""
+    plain = create(client, "claude-haiku-4-5", USER_HI)
+    with client.messages.stream(
+        model="claude-haiku-4-5", max_tokens=64, messages=USER_HI
+    ) as stream:
+        final = stream.get_final_message()
+
+    assert final.id.startswith("msg_")
+    assert final.model == plain.model == "claude-haiku-4-5"
+    assert text_blocks(final) == text_blocks(plain) == [("text", DEFAULT_REPLY_TEXT)]
+    assert final.stop_reason == plain.stop_reason == "end_turn"
+    assert final.stop_sequence is None
+    assert final.usage.input_tokens == plain.usage.input_tokens
+    assert final.usage.output_tokens == plain.usage.output_tokens
+
+
+async def test_async_text_stream_joins_to_the_reply(emu: AnthropicEmulator) -> None:
+    """The async SDK streams the same text deltas."""
+    received: list[str] = []
+    async with emu.async_client() as client:
+        await astream_text(client, received)
+    assert received == REPLY_CHUNKS
+
+
+async def test_async_stream_final_message_equals_non_streaming_reply(
+    emu: AnthropicEmulator,
+) -> None:
+    """The async get_final_message() matches the async non-streaming reply."""
+    async with emu.async_client() as client:
+        plain = await client.messages.create(
+            model="claude-haiku-4-5", max_tokens=64, messages=USER_HI
+        )
+        async with client.messages.stream(
+            model="claude-haiku-4-5", max_tokens=64, messages=USER_HI
+        ) as stream:
+            final = await stream.get_final_message()
+    assert text_blocks(final) == text_blocks(plain)
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == plain.usage.output_tokens
+
+
+async def test_async_create_stream_true_yields_the_raw_events(emu: AnthropicEmulator) -> None:
+    """Async create(stream=True) yields the raw events in order."""
+    async with emu.async_client() as client:
+        stream = await client.messages.create(
+            model="claude-haiku-4-5", max_tokens=64, messages=USER_HI, stream=True
+        )
+        async with stream:
+            types = [event.type async for event in stream]
+    assert types == [event for event in SDK_STREAM_EVENT_TYPES if event != "text"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "deltas"),
+    [
+        ("", []),
+        ("one", ["one"]),
+        ("a  b\n\nc", ["a  ", "b\n\n", "c"]),
+        ("  lead and trail  ", ["  lead ", "and ", "trail  "]),
+        ("   ", ["   "]),
+    ],
+    ids=["empty", "one-word", "inner-whitespace", "outer-whitespace", "whitespace-only"],
+)
+def test_stream_deltas_reassemble_any_reply_exactly(reply: str, deltas: list[str]) -> None:
+    """Deltas are words with their whitespace; together they are exactly the reply."""
+    with AnthropicEmulator(reply=reply) as emu, emu.client() as client:
+        received: list[str] = []
+        with client.messages.stream(
+            model="claude-haiku-4-5", max_tokens=64, messages=USER_HI
+        ) as stream:
+            received.extend(stream.text_stream)
+            final = stream.get_final_message()
+        plain = create(client, "claude-haiku-4-5", USER_HI)
+    assert received == deltas
+    assert text_blocks(final) == text_blocks(plain) == [("text", reply)]
+
+
+def test_stream_request_is_recorded_with_stream_true(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """A streamed request is recorded like any other, with "stream": true in its body."""
+    stream_text(client, [])
+    [recorded] = emu.message_requests
+    assert recorded.body == {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 64,
+        "messages": USER_HI,
+        "stream": True,
+    }
+
+
+def test_stream_prefill_rejection_raises_when_the_stream_is_entered(
+    client: anthropic.Anthropic,
+) -> None:
+    """Validation errors stay plain JSON 400s: messages.stream raises on entering the block."""
+    messages: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Sure"},
+    ]
+    manager = client.messages.stream(model="claude-opus-4-6", max_tokens=64, messages=messages)
+    with pytest.raises(anthropic.BadRequestError) as info, manager:
+        pytest.fail("the stream must not open")
+    assert_bad_request(info.value, PREFILL_TEXT)
+    assert info.value.response.headers["content-type"].startswith("application/json")
+
+
+async def test_async_stream_prefill_rejection_raises_when_entered(
+    emu: AnthropicEmulator,
+) -> None:
+    """The async stream manager raises the same BadRequestError on entry."""
+    messages: list[Any] = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Sure"},
+    ]
+    async with emu.async_client() as client:
+        manager = client.messages.stream(model="claude-opus-4-6", max_tokens=64, messages=messages)
+        with pytest.raises(anthropic.BadRequestError) as info:
+            async with manager:
+                pytest.fail("the stream must not open")
+    assert_bad_request(info.value, PREFILL_TEXT)
+
+
+def test_streams_and_plain_requests_share_keep_alive_connections(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """Chunked streams end cleanly, so one client can alternate streams and plain calls."""
+    for _ in range(10):
+        received: list[str] = []
+        stream_text(client, received)
+        assert received == REPLY_CHUNKS
+        assert create(client, "claude-haiku-4-5", USER_HI).content[0].type == "text"
+    assert len(emu.message_requests) == 20
 
 
 # -- scripted faults --------------------------------------------------------------------------
@@ -741,6 +1070,437 @@ def test_fault_replaces_validation_and_is_consumed_by_any_path(emu: AnthropicEmu
     assert second.json()["error"]["type"] == "api_error"
     assert third.status_code == 401  # normal handling again: no key
     assert len(emu.requests) == 3
+
+
+# -- stream, disconnect and stall faults -----------------------------------------------------
+
+
+def test_fault_kinds_and_fields_from_the_constructors() -> None:
+    """The classmethods build frozen faults of each kind; Fault(status) stays a status fault."""
+    assert Fault(529) == Fault(529, None, {})
+    assert Fault(529).kind == "status"
+    assert Fault.sse_error() == Fault(
+        529, kind="sse_error", error_type="overloaded_error", after_deltas=0
+    )
+    error = Fault.sse_error(after_deltas=2, error_type="api_error", message="boom")
+    assert (error.kind, error.status, error.after_deltas, error.error_type, error.message) == (
+        "sse_error",
+        500,
+        2,
+        "api_error",
+        "boom",
+    )
+    assert Fault.disconnect(after_deltas=1) == Fault(200, kind="disconnect", after_deltas=1)
+    assert Fault.stall(0.5) == Fault(200, kind="stall", seconds=0.5)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Fault(99), "status must be an int in 100..599"),
+        (lambda: Fault(600), "status must be an int in 100..599"),
+        (lambda: Fault(True), "status must be an int in 100..599"),
+        (lambda: Fault(200, kind="teapot"), "kind must be one of"),  # type: ignore[arg-type]
+        (lambda: Fault.sse_error(after_deltas=-1), "after_deltas must be an int >= 0"),
+        (lambda: Fault.disconnect(after_deltas=-1), "after_deltas must be an int >= 0"),
+        (lambda: Fault.stall(-0.1), "seconds must be a finite number >= 0"),
+        (lambda: Fault.stall(float("inf")), "seconds must be a finite number >= 0"),
+        (lambda: Fault.sse_error(error_type=""), "error_type must be a non-empty str"),
+        (lambda: Fault(529, after_deltas=2), "after_deltas does not apply to a 'status' fault"),
+        (lambda: Fault(529, seconds=1), "seconds does not apply to a 'status' fault"),
+        (lambda: Fault(200, kind="stall", body="x"), "body does not apply to a 'stall' fault"),
+        (
+            lambda: Fault(200, headers={"a": "b"}, kind="disconnect"),
+            "headers does not apply to a 'disconnect' fault",
+        ),
+        (lambda: Fault(200, kind="sse_error", error_type="overloaded_error"), "has status 529"),
+        (lambda: Fault(503, kind="stall", seconds=1), "has status 200"),
+    ],
+    ids=[
+        "status-low",
+        "status-high",
+        "status-bool",
+        "unknown-kind",
+        "sse-negative-deltas",
+        "disconnect-negative-deltas",
+        "negative-seconds",
+        "infinite-seconds",
+        "empty-error-type",
+        "deltas-on-status",
+        "seconds-on-status",
+        "body-on-stall",
+        "headers-on-disconnect",
+        "sse-status-mismatch",
+        "stall-status-mismatch",
+    ],
+)
+def test_nonsense_faults_raise_value_error(make: Any, message: str) -> None:
+    """__post_init__ rejects impossible or meaningless fault fields with a clear ValueError."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make()
+
+
+def test_sse_error_before_any_delta_raises_status_200_error(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """Fault.sse_error(): a 200 stream whose error event the SDK raises as APIStatusError 200."""
+    emu.script(Fault.sse_error())
+    received: list[str] = []
+    with pytest.raises(anthropic.APIStatusError) as info:
+        stream_text(client, received)
+
+    exc = info.value
+    assert type(exc) is anthropic.APIStatusError
+    assert exc.status_code == 200
+    assert api_error_type(exc) == "overloaded_error"
+    assert api_message(exc) == "Overloaded"
+    assert exc.body == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"},
+    }
+    assert exc.request_id == exc.response.headers["request-id"]
+    assert received == []
+
+
+def test_sse_error_after_two_deltas_keeps_the_first_two_chunks(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """after_deltas=2: exactly the first two text chunks arrive, then the error is raised."""
+    emu.script(Fault.sse_error(after_deltas=2))
+    received: list[str] = []
+    with pytest.raises(anthropic.APIStatusError) as info:
+        stream_text(client, received)
+    assert received == REPLY_CHUNKS[:2]
+    assert info.value.status_code == 200
+    assert api_error_type(info.value) == "overloaded_error"
+
+
+async def test_async_sse_error_after_two_deltas(emu: AnthropicEmulator) -> None:
+    """The async SDK raises the same APIStatusError 200 after the same two chunks."""
+    emu.script(Fault.sse_error(after_deltas=2))
+    received: list[str] = []
+    async with emu.async_client() as client:
+        with pytest.raises(anthropic.APIStatusError) as info:
+            await astream_text(client, received)
+    assert type(info.value) is anthropic.APIStatusError
+    assert info.value.status_code == 200
+    assert api_error_type(info.value) == "overloaded_error"
+    assert received == REPLY_CHUNKS[:2]
+
+
+def test_sse_error_wire_ends_with_error_event_and_terminating_chunk(
+    emu: AnthropicEmulator,
+) -> None:
+    """On the wire: the stream head, the deltas, one `error` event, then the 0-length chunk."""
+    emu.script(Fault.sse_error(after_deltas=1, error_type="api_error", message="boom"))
+    head, body = raw_exchange(emu, STREAM_BODY)
+    chunks, terminated = split_chunks(body)
+    events = [parse_event(chunk) for chunk in chunks]
+
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert terminated
+    assert [name for name, _ in events] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+        "error",
+    ]
+    assert events[-1][1] == {"type": "error", "error": {"type": "api_error", "message": "boom"}}
+
+
+def test_sse_error_after_more_deltas_than_the_reply_has_sends_them_all(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """after_deltas beyond the reply's chunk count sends every chunk before the error."""
+    emu.script(Fault.sse_error(after_deltas=99))
+    received: list[str] = []
+    with pytest.raises(anthropic.APIStatusError):
+        stream_text(client, received)
+    assert received == REPLY_CHUNKS
+
+
+def test_sse_error_on_non_streaming_request_is_overloaded_529(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """Without stream, Fault.sse_error() answers the equivalent HTTP error: 529 Overloaded."""
+    emu.script(Fault.sse_error())
+    with pytest.raises(anthropic.OverloadedError) as info:
+        create(client, "claude-haiku-4-5", USER_HI)
+    assert info.value.status_code == 529
+    assert_error_shape(info.value.body, "overloaded_error", "Overloaded")
+    assert emu.pending_faults == []
+
+
+@pytest.mark.parametrize(
+    ("error_type", "status", "message"),
+    [
+        ("overloaded_error", 529, "Overloaded"),
+        ("api_error", 500, "Internal server error"),
+        (
+            "rate_limit_error",
+            429,
+            "Number of request tokens has exceeded your per-minute rate limit",
+        ),
+        (
+            "invalid_request_error",
+            400,
+            "There was an issue with the format or content of your request.",
+        ),
+        ("authentication_error", 401, "invalid x-api-key"),
+        (
+            "permission_error",
+            403,
+            "Your API key does not have permission to use the specified resource.",
+        ),
+        ("not_found_error", 404, "Not Found"),
+        ("request_too_large", 413, "Request exceeds the maximum allowed number of bytes."),
+        ("billing_error", 402, "Your credit balance is too low to access the Anthropic API."),
+        ("timeout_error", 504, "Request timed out"),
+        ("mystery_error", 500, "Internal server error"),
+    ],
+)
+def test_sse_error_types_map_to_the_api_http_status(
+    emu: AnthropicEmulator,
+    client: anthropic.Anthropic,
+    error_type: str,
+    status: int,
+    message: str,
+) -> None:
+    """Each error type's non-streaming twin has the API's status and standard message."""
+    emu.script(Fault.sse_error(error_type=error_type))
+    assert emu.pending_faults[0].status == status
+    with pytest.raises(anthropic.APIStatusError) as info:
+        create(client, "claude-haiku-4-5", USER_HI)
+    assert info.value.status_code == status
+    assert_error_shape(info.value.body, error_type, message)
+
+
+def test_sse_error_custom_message_on_non_streaming_request(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """A custom message is used in the non-streaming error body too."""
+    emu.script(Fault.sse_error(error_type="api_error", message="boom"))
+    with pytest.raises(anthropic.InternalServerError) as info:
+        create(client, "claude-haiku-4-5", USER_HI)
+    assert api_message(info.value) == "boom"
+
+
+def test_disconnect_non_streaming_raises_api_connection_error(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """A body cut short: the sync SDK raises APIConnectionError from httpx2.RemoteProtocolError."""
+    emu.script(Fault.disconnect())
+    with pytest.raises(anthropic.APIConnectionError) as info:
+        create(client, "claude-haiku-4-5", USER_HI)
+    assert type(info.value) is anthropic.APIConnectionError
+    assert isinstance(info.value.__cause__, httpx2.RemoteProtocolError)
+    assert len(emu.message_requests) == 1
+
+
+async def test_async_disconnect_non_streaming_raises_api_connection_error(
+    emu: AnthropicEmulator,
+) -> None:
+    """The async SDK raises the same APIConnectionError for a body cut short."""
+    emu.script(Fault.disconnect())
+    async with emu.async_client() as client:
+        with pytest.raises(anthropic.APIConnectionError) as info:
+            await client.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=USER_HI)
+    assert type(info.value) is anthropic.APIConnectionError
+    assert isinstance(info.value.__cause__, httpx2.RemoteProtocolError)
+
+
+def test_disconnect_non_streaming_sends_half_of_a_full_body(emu: AnthropicEmulator) -> None:
+    """On the wire: 200 with a full body's Content-Length, then half the bytes, then EOF."""
+    emu.script(Fault.disconnect())
+    head, body = raw_exchange(
+        emu, {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": USER_HI}
+    )
+    _, full = raw_exchange(emu, {"model": "claude-haiku-4-5", "max_tokens": 8, "messages": USER_HI})
+    fields = head_fields(head)
+
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert fields["content-type"] == "application/json"
+    assert int(fields["content-length"]) == len(full)
+    assert len(body) == len(full) // 2
+    prefix = b'{"id": "'
+    assert body.startswith(prefix + b"msg_")
+    full_id = json.loads(full)["id"].encode()
+    cut_id = body[len(prefix) : len(prefix) + len(full_id)]
+    assert body == full.replace(full_id, cut_id)[: len(body)]  # a normal body's first half
+
+
+def test_disconnect_streaming_after_one_delta_raises_while_iterating(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """A stream cut after one delta: one text chunk, then a raw httpx2.RemoteProtocolError."""
+    emu.script(Fault.disconnect(after_deltas=1))
+    received: list[str] = []
+    with pytest.raises(httpx2.RemoteProtocolError, match="incomplete chunked read"):
+        stream_text(client, received)
+    assert received == REPLY_CHUNKS[:1]
+
+
+async def test_async_disconnect_streaming_after_one_delta_raises_while_iterating(
+    emu: AnthropicEmulator,
+) -> None:
+    """The async SDK also lets httpx2.RemoteProtocolError escape mid-stream, after one chunk."""
+    emu.script(Fault.disconnect(after_deltas=1))
+    received: list[str] = []
+    async with emu.async_client() as client:
+        with pytest.raises(httpx2.RemoteProtocolError, match="incomplete chunked read"):
+            await astream_text(client, received)
+    assert received == REPLY_CHUNKS[:1]
+
+
+def test_disconnect_streaming_wire_lacks_the_terminating_chunk(emu: AnthropicEmulator) -> None:
+    """On the wire: the head events and one delta, each a chunk, and no 0-length chunk."""
+    emu.script(Fault.disconnect(after_deltas=1))
+    head, body = raw_exchange(emu, STREAM_BODY)
+    chunks, terminated = split_chunks(body)
+
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert head_fields(head)["transfer-encoding"] == "chunked"
+    assert not terminated
+    assert [parse_event(chunk)[0] for chunk in chunks] == [
+        "message_start",
+        "content_block_start",
+        "ping",
+        "content_block_delta",
+    ]
+
+
+def test_emulator_keeps_serving_after_a_disconnect(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """The same client succeeds on its next request after a dropped connection."""
+    emu.script(Fault.disconnect(after_deltas=1))
+    with pytest.raises(httpx2.RemoteProtocolError):
+        stream_text(client, [])
+    received: list[str] = []
+    stream_text(client, received)
+    assert received == REPLY_CHUNKS
+
+
+def test_stall_longer_than_the_client_timeout_raises_api_timeout_error(
+    emu: AnthropicEmulator,
+) -> None:
+    """Fault.stall(2) against a 0.3 s client timeout: APITimeoutError after about 0.3 s."""
+    emu.script(Fault.stall(2))
+    started = time.monotonic()
+    with emu.client(timeout=0.3) as client, pytest.raises(anthropic.APITimeoutError) as info:
+        create(client, "claude-haiku-4-5", USER_HI)
+    assert time.monotonic() - started < 1.5
+    assert isinstance(info.value.__cause__, httpx2.ReadTimeout)
+    assert len(emu.message_requests) == 1
+
+
+async def test_async_stall_raises_api_timeout_error(emu: AnthropicEmulator) -> None:
+    """The async SDK raises APITimeoutError for a stall longer than its timeout."""
+    emu.script(Fault.stall(2))
+    async with emu.async_client(timeout=0.3) as client:
+        with pytest.raises(anthropic.APITimeoutError):
+            await client.messages.create(model="claude-haiku-4-5", max_tokens=64, messages=USER_HI)
+
+
+def test_stall_on_a_stream_raises_api_timeout_error_when_entered(emu: AnthropicEmulator) -> None:
+    """A stalled streaming request times out while the stream is being opened."""
+    emu.script(Fault.stall(2))
+    with emu.client(timeout=0.3) as client, pytest.raises(anthropic.APITimeoutError):
+        stream_text(client, [])
+
+
+def test_short_stall_then_answers_normally(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """A stall shorter than the client timeout only delays the normal (validated) answer."""
+    emu.script(Fault.stall(0.2), Fault.stall(0.2))
+    started = time.monotonic()
+    assert create(client, "claude-haiku-4-5", USER_HI).content[0].type == "text"
+    assert time.monotonic() - started >= 0.2
+    messages: list[Any] = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        create(client, "claude-opus-4-6", messages)
+    assert_bad_request(info.value, PREFILL_TEXT)
+
+
+def test_short_stall_then_streams_normally(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """A stalled streaming request streams the full reply once the stall is over."""
+    emu.script(Fault.stall(0.1))
+    received: list[str] = []
+    stream_text(client, received)
+    assert received == REPLY_CHUNKS
+
+
+def test_stall_ends_early_when_the_client_goes_away(emu: AnthropicEmulator) -> None:
+    """After the client times out and closes, the stalled handler stops waiting and exits."""
+    emu.script(Fault.stall(30))
+    with emu.client(timeout=0.3) as client, pytest.raises(anthropic.APITimeoutError):
+        create(client, "claude-haiku-4-5", USER_HI)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and any(
+        thread.name == "prefill_guard-emulator-connection" for thread in threading.enumerate()
+    ):
+        time.sleep(0.01)
+    assert not any(
+        thread.name == "prefill_guard-emulator-connection" for thread in threading.enumerate()
+    )
+
+
+def test_stop_is_prompt_while_a_stall_is_pending() -> None:
+    """stop() during a 30 s stall returns at once; the waiting client gets APIConnectionError."""
+    emu = AnthropicEmulator().start()
+    emu.script(Fault.stall(30))
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        with emu.client(timeout=20) as client:
+            try:
+                create(client, "claude-haiku-4-5", USER_HI)
+            except BaseException as exc:  # collected and asserted below
+                errors.append(exc)
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not emu.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    started = time.monotonic()
+    emu.stop()
+    elapsed = time.monotonic() - started
+    worker.join(5)
+
+    assert elapsed < 1.0
+    assert not worker.is_alive()
+    assert len(errors) == 1
+    assert type(errors[0]) is anthropic.APIConnectionError
+
+
+def test_mixed_faults_are_consumed_in_order_and_recorded(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """Each request takes the next fault whatever its kind; every request is recorded."""
+    emu.script(Fault.stall(0), Fault.sse_error(), Fault(429), Fault.disconnect())
+    assert create(client, "claude-haiku-4-5", USER_HI).content[0].type == "text"
+    with pytest.raises(anthropic.APIStatusError) as sse:
+        stream_text(client, [])
+    assert sse.value.status_code == 200
+    with pytest.raises(anthropic.RateLimitError):
+        create(client, "claude-haiku-4-5", USER_HI)
+    with pytest.raises(anthropic.APIConnectionError):
+        create(client, "claude-haiku-4-5", USER_HI)
+    assert create(client, "claude-haiku-4-5", USER_HI).content[0].type == "text"
+
+    assert emu.pending_faults == []
+    assert [request.body.get("stream", False) for request in emu.message_requests] == [
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 # -- lifecycle, fixture, recording ------------------------------------------------------------

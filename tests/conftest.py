@@ -1,0 +1,126 @@
+"""Shared fixtures: a harness that runs one conversation through any of the four drivers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+import pytest
+
+from prefill_guard import (
+    Agent,
+    MessageList,
+    PrefillErrorHandler,
+    ProcessAPIErrorResult,
+    RetryDetails,
+    RunResult,
+)
+from prefill_guard.testing import AnthropicEmulator
+
+DRIVERS = ("generate", "agenerate", "stream", "astream")
+
+
+class SwitchModel:
+    """A params-aware test processor: on its first chance, switch to ``model`` and retry.
+
+    ``only`` limits it to errors of those classes.
+    """
+
+    id = "switch-model"
+
+    def __init__(
+        self, model: str = "claude-haiku-4-5", only: tuple[type[BaseException], ...] = ()
+    ) -> None:
+        self.model = model
+        self.only = only or (anthropic.APIError,)
+
+    def process_api_error(
+        self,
+        *,
+        error: anthropic.APIError,
+        messages: MessageList,
+        retry_count: int,
+        params: dict[str, Any],
+    ) -> ProcessAPIErrorResult | None:
+        if retry_count or not isinstance(error, self.only):
+            return None
+        params["model"] = self.model
+        return ProcessAPIErrorResult(retry=True)
+
+
+class AsyncPrefillRepair:
+    """An ``async def`` processor doing PrefillErrorHandler's repair, for the async drivers."""
+
+    id = "async-repair"
+
+    async def process_api_error(
+        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        return PrefillErrorHandler().process_api_error(
+            error=error, messages=messages, retry_count=retry_count
+        )
+
+
+class Harness:
+    """Builds Agents wired to the emulator for one driver and runs conversations through it.
+
+    Waits are recorded instead of slept; retries are recorded through an on_retry hook; the
+    text a streaming consumer received is kept in ``received``.
+    """
+
+    def __init__(self, emulator: AnthropicEmulator, driver: str) -> None:
+        self.emulator = emulator
+        self.driver = driver
+        self.waits: list[float] = []
+        self.retries: list[RetryDetails] = []
+        self.received: list[str] = []
+        self._clients: list[anthropic.Anthropic | anthropic.AsyncAnthropic] = []
+
+    @property
+    def streaming(self) -> bool:
+        return self.driver in ("stream", "astream")
+
+    def agent(self, model: str = "claude-opus-4-6", **kwargs: Any) -> Agent:
+        client_kwargs = kwargs.pop("client_kwargs", {})
+        client: anthropic.Anthropic | anthropic.AsyncAnthropic
+        if self.driver in ("generate", "stream"):
+            client = self.emulator.client(**client_kwargs)
+        else:
+            client = self.emulator.async_client(**client_kwargs)
+        self._clients.append(client)
+        kwargs.setdefault("sleep", self.waits.append)
+        kwargs.setdefault("on_retry", [self.retries.append])
+        return Agent(model, client=client, **kwargs)
+
+    async def run(self, agent: Agent, messages: MessageList | list[Any] | str) -> RunResult:
+        if self.driver == "generate":
+            return agent.generate(messages)
+        if self.driver == "agenerate":
+            return await agent.agenerate(messages)
+        if self.driver == "stream":
+            with agent.stream(messages) as stream:
+                for text in stream.text_stream:
+                    self.received.append(text)
+                return stream.result
+        async with agent.astream(messages) as astream:
+            async for text in astream.text_stream:
+                self.received.append(text)
+            return astream.result
+
+    async def close(self) -> None:
+        for client in self._clients:
+            if isinstance(client, anthropic.AsyncAnthropic):
+                await client.close()
+            else:
+                client.close()
+
+
+@pytest.fixture(params=DRIVERS)
+async def harness(
+    request: pytest.FixtureRequest, anthropic_emulator: AnthropicEmulator
+) -> AsyncIterator[Harness]:
+    """A Harness for each of generate, agenerate, stream and astream."""
+    harness = Harness(anthropic_emulator, request.param)
+    yield harness
+    await harness.close()

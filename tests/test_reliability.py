@@ -1,0 +1,276 @@
+"""The fault matrix: every fault, times generate / agenerate / stream / astream.
+
+Each case asserts the exact number of requests, the outcome, the waits, and the invariants of
+the conversation afterwards: no user message lost, none duplicated, no partial assistant text,
+at most one hidden reminder per repair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anthropic
+import pytest
+
+from prefill_guard import (
+    MessageList,
+    PrefillErrorHandler,
+    is_system_reminder,
+    partial_text,
+)
+from prefill_guard.testing import DEFAULT_REPLY_TEXT, PREFILL_MESSAGE, Fault
+
+from .conftest import Harness, SwitchModel
+
+USER_ONLY = [{"role": "user", "content": "Tell me a joke."}]
+ENDS_WITH_ASSISTANT = [
+    {"role": "user", "content": "Tell me a joke."},
+    {"role": "assistant", "content": "Why did the"},
+]
+PREFILL_400 = Fault(
+    400, {"type": "error", "error": {"type": "invalid_request_error", "message": PREFILL_MESSAGE}}
+)
+REPLY_CHUNKS = ["Hello ", "from ", "the "]  # the first deltas of DEFAULT_REPLY_TEXT
+
+
+def assert_invariants(conversation: MessageList, original: list[dict[str, Any]], ok: bool) -> None:
+    """No user message lost or duplicated, no partial reply, at most one reminder per repair."""
+    visible = conversation.to_ui()
+    expected = [*original]
+    if ok:
+        expected.append(
+            {"role": "assistant", "content": [{"type": "text", "text": DEFAULT_REPLY_TEXT}]}
+        )
+    assert visible == expected
+    reminders = [m for m in conversation if is_system_reminder(m)]
+    assert len(reminders) <= 1
+
+
+@dataclass(frozen=True)
+class Case:
+    """One fault scenario: what the emulator answers, and what must come of it."""
+
+    name: str
+    faults: tuple[Fault, ...]
+    requests: int
+    waits: tuple[float, ...] | None = None  # None: backoff, checked by count and range only
+    error: type[BaseException] | None = None
+    agent_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+HTTP_DATE_IN_30S = email.utils.formatdate(time.time() + 30, usegmt=True)
+
+TRANSIENT_CASES = [
+    Case("529 once", (Fault(529),), 2),
+    Case("500 once", (Fault(500),), 2),
+    Case("html 502", (Fault(502, body="<html><body>Bad gateway</body></html>"),), 2),
+    Case("429 retry-after", (Fault(429, headers={"retry-after": "3"}),), 2, (3.0,)),
+    Case("429 retry-after-ms", (Fault(429, headers={"retry-after-ms": "1500"}),), 2, (1.5,)),
+    Case("429 retry-after capped", (Fault(429, headers={"retry-after": "600"}),), 2, (60.0,)),
+    Case(
+        "429 retry-after capped by setting",
+        (Fault(429, headers={"retry-after": "9"}),),
+        2,
+        (2.0,),
+        agent_kwargs={"max_retry_delay": 2},
+    ),
+    Case("two 529 then ok", (Fault(529), Fault(529)), 3),
+    Case("dropped connection", (Fault.disconnect(),), 2),
+    Case("sse overloaded before content", (Fault.sse_error(),), 2),
+    Case("sse api_error before content", (Fault.sse_error(error_type="api_error"),), 2),
+    Case("persistent 529", (Fault(529),) * 3, 3, error=anthropic.OverloadedError),
+    Case(
+        "max_retries=0",
+        (Fault(529),),
+        1,
+        error=anthropic.OverloadedError,
+        agent_kwargs={"max_retries": 0},
+    ),
+]
+
+
+@pytest.mark.parametrize("case", TRANSIENT_CASES, ids=lambda c: c.name)
+async def test_transient_faults(harness: Harness, case: Case) -> None:
+    """Transient faults are retried with the right waits, within max_retries, and lose nothing."""
+    harness.emulator.script(*case.faults)
+    conversation = MessageList(USER_ONLY)
+    agent = harness.agent(error_processors=[PrefillErrorHandler()], **case.agent_kwargs)
+    if case.error is None:
+        result = await harness.run(agent, conversation)
+        assert result.text == DEFAULT_REPLY_TEXT
+        assert [a.retry for a in result.attempts] == ["transient"] * (case.requests - 1) + [None]
+    else:
+        with pytest.raises(case.error):
+            await harness.run(agent, conversation)
+    assert len(harness.emulator.message_requests) == case.requests
+    retries = case.requests - 1
+    assert [d.kind for d in harness.retries] == ["transient"] * retries
+    assert len(harness.waits) == retries
+    if case.waits is not None:
+        assert tuple(harness.waits) == case.waits
+    else:
+        assert all(0.5 <= wait <= 8.5 for wait in harness.waits)
+    assert_invariants(conversation, USER_ONLY, ok=case.error is None)
+    if harness.streaming:
+        assert harness.received == ([] if case.error else _chunks(DEFAULT_REPLY_TEXT))
+
+
+def _chunks(text: str) -> list[str]:
+    return re.findall(r"\S+\s*", text)
+
+
+async def test_stall_past_the_client_timeout_is_retried(harness: Harness) -> None:
+    """A server that stalls past the client timeout: APITimeoutError, retried, then success."""
+    harness.emulator.script(Fault.stall(2.0))
+    agent = harness.agent(client_kwargs={"timeout": 0.3})
+    conversation = MessageList(USER_ONLY)
+    result = await harness.run(agent, conversation)
+    assert isinstance(result.attempts[0].error, anthropic.APITimeoutError)
+    assert len(harness.emulator.message_requests) == 2
+    assert_invariants(conversation, USER_ONLY, ok=True)
+
+
+async def test_prefill_rejection_is_repaired_once(harness: Harness) -> None:
+    """The prefill 400 goes to the processors: 2 requests, one reminder, nothing lost."""
+    conversation = MessageList(ENDS_WITH_ASSISTANT)
+    agent = harness.agent(error_processors=[PrefillErrorHandler()])
+    result = await harness.run(agent, conversation)
+    assert len(harness.emulator.message_requests) == 2
+    assert [d.kind for d in harness.retries] == ["processor"]
+    assert harness.retries[0].processor_id == "prefill-error-handler"
+    assert harness.waits == []
+    assert result.retried_by == ("prefill-error-handler",)
+    assert_invariants(conversation, ENDS_WITH_ASSISTANT, ok=True)
+    assert all(r.body.get("stream", False) is harness.streaming for r in harness.emulator.requests)
+
+
+async def test_transient_then_repair_in_one_generation(harness: Harness) -> None:
+    """A 529, then the prefill 400: one transient retry, then one processor retry."""
+    harness.emulator.script(Fault(529))
+    conversation = MessageList(ENDS_WITH_ASSISTANT)
+    agent = harness.agent(error_processors=[PrefillErrorHandler()])
+    result = await harness.run(agent, conversation)
+    assert len(harness.emulator.message_requests) == 3
+    assert [d.kind for d in harness.retries] == ["transient", "processor"]
+    assert [a.retry for a in result.attempts] == ["transient", "processor", None]
+    assert_invariants(conversation, ENDS_WITH_ASSISTANT, ok=True)
+
+
+async def test_persistent_prefill_rejection_raises_after_two(harness: Harness) -> None:
+    """The handler repairs once only: 2 requests, then the original BadRequestError."""
+    harness.emulator.script(PREFILL_400, PREFILL_400)
+    conversation = MessageList(ENDS_WITH_ASSISTANT)
+    agent = harness.agent(error_processors=[PrefillErrorHandler()])
+    with pytest.raises(anthropic.BadRequestError):
+        await harness.run(agent, conversation)
+    assert len(harness.emulator.message_requests) == 2
+    assert_invariants(conversation, ENDS_WITH_ASSISTANT, ok=False)
+
+
+async def test_validation_error_is_not_retried(harness: Harness) -> None:
+    """A whitespace-only message: one request, the 400 raised, the conversation unchanged."""
+    conversation = MessageList([{"role": "user", "content": "  "}])
+    agent = harness.agent(error_processors=[PrefillErrorHandler()])
+    with pytest.raises(anthropic.BadRequestError):
+        await harness.run(agent, conversation)
+    assert len(harness.emulator.message_requests) == 1
+    assert harness.retries == []
+    assert conversation.to_api() == [{"role": "user", "content": "  "}]
+
+
+async def test_exhausted_transient_retries_reach_the_processors(harness: Harness) -> None:
+    """After max_retries 529s the error goes to processors: a fallback model then succeeds."""
+
+    harness.emulator.script(Fault(529), Fault(529), Fault(529))
+    conversation = MessageList(USER_ONLY)
+    agent = harness.agent(error_processors=[SwitchModel(only=(anthropic.OverloadedError,))])
+    result = await harness.run(agent, conversation)
+    models = [r.body["model"] for r in harness.emulator.message_requests]
+    assert models == ["claude-opus-4-6"] * 3 + ["claude-haiku-4-5"]
+    assert [d.kind for d in harness.retries] == ["transient", "transient", "processor"]
+    assert result.retried_by == ("switch-model",)
+    assert_invariants(conversation, USER_ONLY, ok=True)
+
+
+async def test_sdk_retries_are_switched_off_for_a_client_passed_in(harness: Harness) -> None:
+    """A client made with max_retries=5 still gives exactly 1 + max_retries requests."""
+    harness.emulator.script(*(Fault(529),) * 10)
+    agent = harness.agent(client_kwargs={"max_retries": 5}, max_retries=2)
+    with pytest.raises(anthropic.OverloadedError):
+        await harness.run(agent, USER_ONLY)
+    assert len(harness.emulator.message_requests) == 3
+
+
+async def test_error_after_content_is_raised_with_the_partial_text(harness: Harness) -> None:
+    """Streams: no silent retry once text reached the consumer; no partial reply is stored.
+
+    Non-streaming drivers see the same fault as an HTTP 529, which is retried.
+    """
+    harness.emulator.script(Fault.sse_error(after_deltas=3))
+    conversation = MessageList(USER_ONLY)
+    agent = harness.agent(error_processors=[PrefillErrorHandler()])
+    if not harness.streaming:
+        await harness.run(agent, conversation)
+        assert len(harness.emulator.message_requests) == 2
+        assert_invariants(conversation, USER_ONLY, ok=True)
+        return
+    with pytest.raises(anthropic.APIStatusError) as info:
+        await harness.run(agent, conversation)
+    assert info.value.status_code == 200
+    assert partial_text(info.value) == "".join(REPLY_CHUNKS)
+    assert harness.received == REPLY_CHUNKS
+    assert len(harness.emulator.message_requests) == 1
+    assert harness.retries == []
+    assert_invariants(conversation, USER_ONLY, ok=False)
+
+
+async def test_dropped_connection_after_content_is_not_retried(harness: Harness) -> None:
+    """Streams: a connection dropped after content raises with the partial text, 1 request.
+
+    Non-streaming drivers get the body cut mid-way instead, which is retried.
+    """
+    harness.emulator.script(Fault.disconnect(after_deltas=1))
+    conversation = MessageList(USER_ONLY)
+    if not harness.streaming:
+        await harness.run(harness.agent(), conversation)
+        assert len(harness.emulator.message_requests) == 2
+        assert_invariants(conversation, USER_ONLY, ok=True)
+        return
+    with pytest.raises(Exception) as info:  # noqa: PT011 - the raw transport error escapes
+        await harness.run(harness.agent(), conversation)
+    assert partial_text(info.value) == REPLY_CHUNKS[0]
+    assert len(harness.emulator.message_requests) == 1
+    assert_invariants(conversation, USER_ONLY, ok=False)
+
+
+async def test_cancelling_during_backoff_leaves_no_task_and_a_consistent_history(
+    anthropic_emulator: Any,
+) -> None:
+    """Cancel agenerate while it waits to retry a 529: no stray task, history as it was."""
+    from prefill_guard import Agent
+
+    anthropic_emulator.script(Fault(529, headers={"retry-after": "30"}))
+    waiting = asyncio.Event()
+
+    async def sleep_forever(seconds: float) -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    conversation = MessageList(USER_ONLY)
+    async with anthropic_emulator.async_client() as client:
+        agent = Agent("claude-opus-4-6", client=client, sleep=sleep_forever)
+        before = set(asyncio.all_tasks())
+        task = asyncio.create_task(agent.agenerate(conversation))
+        await waiting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)
+        assert set(asyncio.all_tasks()) == before
+    assert len(anthropic_emulator.message_requests) == 1
+    assert conversation.to_api() == USER_ONLY

@@ -1,0 +1,152 @@
+"""The transient retry policy: what is transient, retry-after, the cap, backoff, hooks, logs."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+
+import anthropic
+import httpx2
+import pytest
+from tenacity import RetryCallState, Retrying
+
+from prefill_guard import RetryDetails, is_transient
+from prefill_guard.retries import RetryPolicy, retry_after
+from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
+
+REQUEST = httpx2.Request("POST", "https://api.anthropic.com/v1/messages")
+
+
+@pytest.mark.parametrize("status", [408, 409, 429, 500, 502, 503, 504, 529])
+def test_transient_statuses(status: int) -> None:
+    """Timeouts, conflicts, rate limits, server errors and overload are retried."""
+    assert is_transient(make_api_error(status))
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+def test_client_errors_are_never_transient(status: int) -> None:
+    """400-class validation errors belong to the processors, not to blind retries."""
+    assert not is_transient(make_api_error(status))
+
+
+def test_prefill_rejection_is_not_transient() -> None:
+    """The prefill 400 is a processor's job."""
+    assert not is_transient(make_api_error(400, PREFILL_MESSAGE))
+
+
+@pytest.mark.parametrize(
+    ("error_type", "expected"),
+    [("overloaded_error", True), ("api_error", True), ("invalid_request_error", False)],
+)
+def test_sse_error_events_by_type(error_type: str, expected: bool) -> None:
+    """An SSE error event (status 200) is transient only for overload and server errors."""
+    assert is_transient(make_api_error(200, "x", error_type=error_type)) is expected
+
+
+def test_connection_errors_timeouts_and_raw_transport_errors_are_transient() -> None:
+    """Network failures, including a raw httpx2 error escaping mid-stream, are retried."""
+    assert is_transient(anthropic.APIConnectionError(request=REQUEST))
+    assert is_transient(anthropic.APITimeoutError(request=REQUEST))
+    assert is_transient(httpx2.RemoteProtocolError("peer closed connection"))
+    assert not is_transient(ValueError("a bug"))
+
+
+def test_x_should_retry_false_vetoes() -> None:
+    """The API's own x-should-retry: false wins over the status."""
+    assert not is_transient(make_api_error(529, headers={"x-should-retry": "false"}))
+
+
+def test_retry_after_ms_comes_before_retry_after() -> None:
+    """retry-after-ms is the more precise header and is read first."""
+    error = make_api_error(429, headers={"retry-after-ms": "1500", "retry-after": "9"})
+    assert retry_after(error) == 1.5
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    """retry-after may be seconds or an HTTP date."""
+    assert retry_after(make_api_error(429, headers={"retry-after": "3"})) == 3.0
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    waited = retry_after(make_api_error(429, headers={"retry-after": date}))
+    assert waited is not None
+    assert 28.0 <= waited <= 30.0
+
+
+def test_retry_after_absent_or_unreadable() -> None:
+    """No header, or one that is neither a number nor a date: no asked-for delay."""
+    assert retry_after(make_api_error(529)) is None
+    assert retry_after(make_api_error(429, headers={"retry-after": "soon"})) is None
+    assert retry_after(ValueError("no response")) is None
+
+
+def _state_after(error: BaseException, attempt: int) -> RetryCallState:
+    state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = attempt
+    state.set_exception((type(error), error, None))
+    return state
+
+
+def test_wait_honours_retry_after_capped_by_max_retry_delay() -> None:
+    """The asked-for delay is used, but never more than max_retry_delay."""
+    policy = RetryPolicy(max_retry_delay=60)
+    assert policy.wait(_state_after(make_api_error(429, headers={"retry-after": "3"}), 1)) == 3.0
+    assert policy.wait(_state_after(make_api_error(429, headers={"retry-after": "120"}), 1)) == 60
+    assert RetryPolicy(max_retry_delay=2).wait(_state_after(make_api_error(529), 6)) <= 2
+
+
+def test_backoff_is_exponential_with_jitter() -> None:
+    """Without a header: 0.5 s, 1 s, 2 s, ... plus up to 0.5 s of jitter, at most 8.5 s."""
+    policy = RetryPolicy()
+    error = make_api_error(529)
+    for attempt, base in [(1, 0.5), (2, 1.0), (3, 2.0), (10, 8.0)]:
+        assert base <= policy.wait(_state_after(error, attempt)) <= base + 0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "text"),
+    [
+        ({"max_retries": -1}, "max_retries must be an int >= 0"),
+        ({"max_retry_delay": -1}, "max_retry_delay must be >= 0"),
+        ({"on_retry": ["nope"]}, "on_retry[0]: 'nope' is not callable"),
+        ({"sleep": 5}, "sleep must be callable"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs: dict[str, object], text: str) -> None:
+    """Retry settings are checked when the Agent is built, naming the setting."""
+    with pytest.raises((TypeError, ValueError)) as info:
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+    assert text in str(info.value)
+
+
+def test_report_calls_hooks_and_survives_a_raising_one(caplog: pytest.LogCaptureFixture) -> None:
+    """Every hook gets the frozen details; a raising hook is logged, the rest still run."""
+    seen: list[RetryDetails] = []
+
+    def broken(details: RetryDetails) -> None:
+        raise RuntimeError("hook bug")
+
+    policy = RetryPolicy(on_retry=[broken, seen.append])
+    details = RetryDetails("transient", 1, make_api_error(529, request_id="req_abc"), 0.5)
+    with caplog.at_level(logging.INFO, logger="prefill_guard"):
+        policy.report(details)
+    assert seen == [details]
+    assert "on_retry hook" in caplog.text
+    with pytest.raises(AttributeError):
+        details.wait = 2.0  # type: ignore[misc]
+
+
+def test_retry_log_line_has_the_request_id_but_no_contents(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """INFO log: kind, error class, status, request id and wait; never the error's body text."""
+    error = make_api_error(400, "secret user text sk-ant-key", request_id="req_xyz")
+    with caplog.at_level(logging.INFO, logger="prefill_guard"):
+        RetryPolicy().report(RetryDetails("processor", 2, error, 0.0, "fixer", "req_xyz"))
+    record = caplog.records[-1]
+    assert record.levelno == logging.INFO
+    message = record.getMessage()
+    assert "processor 'fixer'" in message
+    assert "req_xyz" in message
+    assert "BadRequestError (400)" in message
+    assert "secret" not in message
+    assert "sk-ant" not in message

@@ -1,0 +1,136 @@
+"""Agent.stream() / Agent.astream(): the stream API itself (the fault matrix is elsewhere)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import pytest
+
+from prefill_guard import Agent, MessageList, PrefillErrorHandler, ProcessAPIErrorResult
+from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator, Fault
+
+from .conftest import AsyncPrefillRepair
+
+MODEL = "claude-opus-4-6"
+ENDS_WITH_ASSISTANT = [
+    {"role": "user", "content": "Write a haiku."},
+    {"role": "assistant", "content": "Here is one"},
+]
+EVENT_ORDER = [
+    "message_start",
+    "content_block_start",
+    *["content_block_delta", "text"] * len(DEFAULT_REPLY_TEXT.split()),
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+]
+
+
+def test_events_text_and_result(anthropic_emulator: AnthropicEmulator) -> None:
+    """Events come in the API's order (with the SDK's text events); result is a RunResult."""
+    conversation = MessageList(ENDS_WITH_ASSISTANT)
+    with anthropic_emulator.client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[PrefillErrorHandler()])
+        with agent.stream(conversation) as stream:
+            types = [event.type for event in stream]
+            final = stream.get_final_message()
+            result = stream.result
+    assert types == EVENT_ORDER
+    assert final.content[0].type == "text"
+    assert result.text == DEFAULT_REPLY_TEXT
+    assert result.message is final
+    assert result.messages is conversation
+    assert conversation[-1]["content"] == [{"type": "text", "text": DEFAULT_REPLY_TEXT}]
+    assert result.retried_by == ("prefill-error-handler",)
+
+
+async def test_async_text_stream_and_final_message(anthropic_emulator: AnthropicEmulator) -> None:
+    """The async twin yields the text and the final message; nothing is sent before entry."""
+    async with anthropic_emulator.async_client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[PrefillErrorHandler()])
+        manager = agent.astream(ENDS_WITH_ASSISTANT)
+        assert anthropic_emulator.message_requests == []
+        async with manager as stream:
+            text = "".join([t async for t in stream.text_stream])
+            final = await stream.get_final_message()
+    assert text == DEFAULT_REPLY_TEXT
+    assert final.content[0].type == "text"
+    assert len(anthropic_emulator.message_requests) == 2
+    assert all(r.body["stream"] is True for r in anthropic_emulator.message_requests)
+
+
+def test_get_final_message_without_iterating(anthropic_emulator: AnthropicEmulator) -> None:
+    """get_final_message() alone reads the stream to the end."""
+    with anthropic_emulator.client() as client, Agent(MODEL, client=client).stream("hi") as stream:
+        assert stream.get_final_message().content[0].type == "text"
+        assert stream.result.text == DEFAULT_REPLY_TEXT
+        assert list(stream) == []  # already finished: nothing more to give
+
+
+def test_result_before_the_end_is_a_clear_error(anthropic_emulator: AnthropicEmulator) -> None:
+    """Asking for the result too early says what to do."""
+    with anthropic_emulator.client() as client, Agent(MODEL, client=client).stream("hi") as stream:
+        with pytest.raises(RuntimeError, match="has not finished"):
+            _ = stream.result
+        stream.get_final_message()
+
+
+def test_misuse_is_a_clear_error(anthropic_emulator: AnthropicEmulator) -> None:
+    """Iterating before entering, or entering twice, raises RuntimeError with the fix."""
+    with anthropic_emulator.client() as client:
+        stream = Agent(MODEL, client=client).stream("hi")
+        with pytest.raises(RuntimeError, match="enter the stream first"):
+            next(iter(stream))
+        with stream:
+            stream.get_final_message()
+            with pytest.raises(RuntimeError, match="already entered"):
+                stream.__enter__()
+
+
+def test_sse_error_before_content_is_invisible_to_the_consumer(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """An overloaded event before any text: the consumer sees one clean stream of events."""
+    anthropic_emulator.script(Fault.sse_error())
+    with anthropic_emulator.client() as client:
+        agent = Agent(MODEL, client=client, sleep=lambda seconds: None)
+        with agent.stream("hi") as stream:
+            types = [event.type for event in stream]
+    assert types.count("message_start") == 1
+    assert len(anthropic_emulator.message_requests) == 2
+
+
+async def test_async_processor_runs_in_astream(anthropic_emulator: AnthropicEmulator) -> None:
+    """astream awaits async def processors, like agenerate."""
+
+    async with anthropic_emulator.async_client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[AsyncPrefillRepair()])
+        async with agent.astream(ENDS_WITH_ASSISTANT) as stream:
+            await stream.get_final_message()
+    assert stream.result.retried_by == ("async-repair",)
+
+
+def test_sync_stream_refuses_async_processors(anthropic_emulator: AnthropicEmulator) -> None:
+    """stream() is synchronous: an async processor is refused before anything is sent."""
+
+    class AsyncOnly:
+        id = "async-only"
+
+        async def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
+            return None
+
+    with anthropic_emulator.client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[AsyncOnly()])
+        with pytest.raises(TypeError, match=r"Agent.stream\(\) is synchronous"):
+            agent.stream("hi")
+    assert anthropic_emulator.message_requests == []
+
+
+def test_stream_with_a_wrong_client_kind(anthropic_emulator: AnthropicEmulator) -> None:
+    """stream() needs a sync client, astream() an async one."""
+    with anthropic_emulator.client() as client, pytest.raises(TypeError, match="async client"):
+        Agent(MODEL, client=client).astream("hi")
+    aclient = anthropic.AsyncAnthropic(api_key="k", base_url=anthropic_emulator.base_url)
+    with pytest.raises(TypeError, match="synchronous client"):
+        Agent(MODEL, client=aclient).stream("hi")
