@@ -5,9 +5,11 @@ and ask for a retry; the built-in :class:`PrefillErrorHandler` answers the "assi
 prefill" 400 of Claude 4.6 and later models.
 """
 
+from .adaptive import BUILTIN_NO_PREFILL_FAMILIES, AdaptivePrefillGuard, PrefillKnowledge
 from .agent import Agent, AnthropicClient
 from .errors import api_error_type, api_message
 from .messages import SYSTEM_REMINDER_KEY, MessageList, RawMessage, is_system_reminder
+from .middleware import ErrorProcessorMiddleware, guard, install, installed, uninstall
 from .pipeline import Attempt, Pipeline, RunResult
 from .processors import (
     PREFILL_REMINDER_TYPE,
@@ -22,18 +24,22 @@ from .retries import OnRetry, RetryDetails, is_transient
 from .streaming import AgentStream, AsyncAgentStream, partial_text
 
 __all__ = [
+    "BUILTIN_NO_PREFILL_FAMILIES",
     "PREFILL_REMINDER_TYPE",
     "SYSTEM_REMINDER_KEY",
+    "AdaptivePrefillGuard",
     "Agent",
     "AgentStream",
     "AnthropicClient",
     "AsyncAgentStream",
     "Attempt",
+    "ErrorProcessorMiddleware",
     "MessageList",
     "OnRetry",
     "ParamsProcessor",
     "Pipeline",
     "PrefillErrorHandler",
+    "PrefillKnowledge",
     "ProcessAPIErrorResult",
     "Processor",
     "RawMessage",
@@ -42,10 +48,14 @@ __all__ = [
     "RunResult",
     "api_error_type",
     "api_message",
+    "guard",
+    "install",
+    "installed",
     "is_prefill_rejection",
     "is_system_reminder",
     "is_transient",
     "partial_text",
+    "uninstall",
 ]
 
 __version__ = "0.1.0"

@@ -9,8 +9,11 @@ them work on ``anthropic>=1.8,<3``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["api_error_type", "api_message"]
+from anthropic import APIResponse, APIStatusError, AsyncAPIResponse
+
+__all__ = ["api_error_type", "api_message", "status_error_from_response"]
 
 
 def _body_error_field(error: BaseException, name: str) -> str | None:
@@ -34,3 +37,18 @@ def api_error_type(error: BaseException) -> str | None:
     """The API's error type, such as ``"invalid_request_error"`` or ``"overloaded_error"``."""
     value = getattr(error, "type", None)
     return value if isinstance(value, str) else _body_error_field(error, "type")
+
+
+def status_error_from_response(
+    response: APIResponse[Any] | AsyncAPIResponse[Any],
+) -> APIStatusError:
+    """The typed error the SDK raises for this (already read) error response.
+
+    Built by the response's own client, exactly as the SDK builds it after the middleware
+    chain, so a processor in a middleware sees the same class and body as the caller would.
+    """
+    client: Any = response._client  # the SDK keeps its client on every response
+    error = client._make_status_error_from_response(response.http_response)
+    if not isinstance(error, APIStatusError):  # pragma: no cover - defensive, never seen
+        raise TypeError(f"the SDK built {type(error).__name__}, not an APIStatusError")
+    return error

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar, cast
 from anthropic import APIError
 from anthropic.types import Message
 
-from .messages import MessageList
+from .messages import MessageList, RawMessage
 from .processors import ParamsProcessor, ProcessAPIErrorResult, Processor, RequestParams
 
 __all__ = ["Attempt", "Generation", "Pipeline", "RunResult", "run_async", "run_sync"]
@@ -74,6 +74,7 @@ class _Entry:
     id: str
     takes_params: bool
     is_async: bool
+    before_send: Callable[..., object] | None
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,17 @@ def _register(processor: object, where: str) -> _Entry:
     processor_id = getattr(processor, "id", None)
     if not isinstance(processor_id, str) or not processor_id:
         raise TypeError(f"{where}: {processor!r} needs a non-empty str 'id'")
+    before_send = getattr(processor, "before_send", None)
+    if before_send is not None and (
+        not callable(before_send) or inspect.iscoroutinefunction(before_send)
+    ):
+        raise TypeError(f"{where}: {processor!r} has a before_send that is not a sync function")
     return _Entry(
         processor=processor,  # type: ignore[arg-type]
         id=processor_id,
         takes_params=_accepts_params(hook),
         is_async=inspect.iscoroutinefunction(hook),
+        before_send=before_send,
     )
 
 
@@ -160,8 +167,17 @@ class Pipeline:
                 )
 
     def begin(self, messages: MessageList, params: RequestParams) -> Generation:
-        """Start the state of one generation over ``messages`` with request ``params``."""
-        return Generation(self, messages, params)
+        """Start one generation over ``messages`` with request ``params``.
+
+        Processors with an optional ``before_send(*, messages, params)`` hook (such as the
+        adaptive prefill guard) may prepare the request before its first attempt. A hook that
+        raises is logged and skipped, and what it changed is undone.
+        """
+        generation = Generation(self, messages, params)
+        for entry in self._entries:
+            if entry.before_send is not None:
+                generation.run_guarded(entry.id, "before_send", entry.before_send)
+        return generation
 
 
 class Generation:
@@ -194,6 +210,20 @@ class Generation:
         )
         self.messages.append(message)  # type: ignore[arg-type]  # MessageList converts Message
         return RunResult(message, self.messages, self.attempts)
+
+    def run_guarded(self, owner: str, what: str, hook: Callable[..., object]) -> None:
+        """Call ``hook(messages=..., params=...)``; on an exception log it and undo its changes."""
+        saved_messages, saved_params = list(self.messages), dict(self.params)
+        try:
+            hook(messages=self.messages, params=self.params)
+        except Exception:
+            logger.exception("processor %r raised in %s; skipped", owner, what)
+            self._restore(saved_messages, saved_params)
+
+    def _restore(self, messages: list[RawMessage], params: RequestParams) -> None:
+        self.messages[:] = messages
+        self.params.clear()
+        self.params.update(params)
 
     def transient_failed(self, error: BaseException, wait: float) -> Attempt:
         """Record an attempt that failed transiently and is sent again after ``wait`` seconds."""
@@ -234,9 +264,7 @@ class Generation:
                         entry.id,
                         type(error).__name__,
                     )
-                    self.messages[:] = saved_messages
-                    self.params.clear()
-                    self.params.update(saved_params)
+                    self._restore(saved_messages, saved_params)
                     continue
                 if result is not None and not isinstance(result, ProcessAPIErrorResult):
                     logger.error(

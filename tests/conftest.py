@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import AsyncIterator
+from types import ModuleType
 from typing import Any
 
 import anthropic
@@ -19,6 +22,18 @@ from prefill_guard import (
 from prefill_guard.testing import AnthropicEmulator
 
 DRIVERS = ("generate", "agenerate", "stream", "astream")
+
+
+def require(module: str) -> ModuleType:
+    """Import an optional framework, skipping the test module when it is not installed.
+
+    A CI environment lists the frameworks it must test in PREFILL_GUARD_REQUIRE_EXTRAS
+    (comma-separated module names); for those a missing import fails instead of skipping.
+    """
+    required = os.environ.get("PREFILL_GUARD_REQUIRE_EXTRAS", "").split(",")
+    if module in required:
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
 
 
 class SwitchModel:

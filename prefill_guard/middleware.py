@@ -1,0 +1,252 @@
+"""Drop-in everywhere: the processor pipeline as anthropic SDK client middleware.
+
+Most people who meet the prefill 400 do not call the SDK themselves; a framework does.
+:class:`ErrorProcessorMiddleware` runs the same pipeline as the Agent inside any anthropic
+client, so the framework's code is fixed without being changed: :func:`guard` returns a guarded
+copy of one client, and :func:`install` puts the middleware into every client created afterwards
+(for frameworks that build their own client), reversibly.
+
+The middleware runs inside the SDK's retry loop, once per attempt. Transient errors that the
+SDK is about to retry are left to it; any other error response of a Messages request is turned
+into the SDK's own typed error and given to the processors, and if one asks to retry, the
+request is resent with the rebuilt body (hidden metadata stripped). When nobody retries, the
+error response goes back to the SDK, which raises exactly what the caller would have seen.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import anthropic
+from anthropic import APIRequest, APIResponse, AsyncAPIResponse
+from anthropic._base_client import AsyncAPIClient, SyncAPIClient
+
+from .errors import status_error_from_response
+from .messages import MessageList
+from .pipeline import AnyProcessor, Generation, Pipeline, run_async, run_sync
+
+__all__ = ["ErrorProcessorMiddleware", "guard", "install", "installed", "uninstall"]
+
+logger = logging.getLogger("prefill_guard")
+
+ClientT = TypeVar("ClientT", bound="SyncAPIClient | AsyncAPIClient")
+
+_MESSAGES_PATHS = ("/v1/messages",)
+
+
+def _recommended_processors() -> list[AnyProcessor]:
+    from . import processors  # the recommended stack lives with the processors
+
+    stack: Callable[[], list[AnyProcessor]] | None = getattr(processors, "default_processors", None)
+    if stack is not None:
+        return stack()
+    from .adaptive import AdaptivePrefillGuard
+
+    return [AdaptivePrefillGuard(), processors.PrefillErrorHandler()]
+
+
+class ErrorProcessorMiddleware(anthropic.Middleware):
+    """Runs the error-processor pipeline for every Messages request of an anthropic client.
+
+    Works for ``messages.create`` (streaming or not), ``messages.stream`` and ``beta.messages``,
+    with the Anthropic, Bedrock and Vertex clients alike (the SDK applies the platform's URL and
+    body shape after the middleware). Requests it does not understand pass through untouched.
+    Semantics are the Agent's: order, per-processor retry counts, the cap, raising processors
+    skipped, the original error when nobody retries.
+    """
+
+    def __init__(
+        self,
+        processors: Iterable[AnyProcessor] | None = None,
+        *,
+        max_processor_retries: int = 3,
+    ) -> None:
+        chosen = _recommended_processors() if processors is None else processors
+        self.pipeline = Pipeline(chosen, max_processor_retries=max_processor_retries)
+        self.enabled = True
+
+    def __repr__(self) -> str:
+        ids = [getattr(p, "id", "?") for p in self.pipeline.processors]
+        return f"ErrorProcessorMiddleware(processors={ids}, enabled={self.enabled})"
+
+    def handle(self, request: APIRequest, call_next: Callable[[APIRequest], Any]) -> Any:
+        """The synchronous client's hook."""
+        generation = self._begin(request)
+        if generation is None:
+            return call_next(request)
+        request = request.copy(body=generation.request())
+        response: APIResponse[Any] = call_next(request)
+        while not response.http_response.is_success:
+            response.http_response.read()
+            error = status_error_from_response(response)
+            if _sdk_will_retry(request, response) or not run_sync(generation.failed(error)):
+                return response
+            response.http_response.close()
+            request = request.copy(body=generation.request())
+            response = call_next(request)
+        return response
+
+    async def handle_async(
+        self, request: APIRequest, call_next: Callable[[APIRequest], Any]
+    ) -> Any:
+        """The async client's hook: the same steps, with ``async def`` processors awaited."""
+        generation = self._begin(request)
+        if generation is None:
+            return await call_next(request)
+        request = request.copy(body=generation.request())
+        response: AsyncAPIResponse[Any] = await call_next(request)
+        while not response.http_response.is_success:
+            await response.http_response.aread()
+            error = status_error_from_response(response)
+            if _sdk_will_retry(request, response) or not await run_async(generation.failed(error)):
+                return response
+            await response.http_response.aclose()
+            request = request.copy(body=generation.request())
+            response = await call_next(request)
+        return response
+
+    def _begin(self, request: APIRequest) -> Generation | None:
+        """A generation for a Messages request, or None for anything else (passed through)."""
+        if not self.enabled or request.method.lower() != "post":
+            return None
+        if urlsplit(request.url).path.rstrip("/") not in _MESSAGES_PATHS:
+            return None
+        body = request.json
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return None
+        try:
+            messages = MessageList(body["messages"])
+        except (TypeError, ValueError) as exc:
+            logger.debug("passing a Messages request through untouched: %s", exc)
+            return None
+        params = {key: value for key, value in body.items() if key != "messages"}
+        return self.pipeline.begin(messages, params)
+
+
+def _sdk_will_retry(
+    request: APIRequest, response: APIResponse[Any] | AsyncAPIResponse[Any]
+) -> bool:
+    """Whether the SDK's own retry loop is about to retry this response (then it is not ours)."""
+    client: Any = response._client
+    max_retries = request.options.get_max_retries(client.max_retries)
+    return request.retries_taken < max_retries and bool(
+        client._should_retry(response.http_response)
+    )
+
+
+def _has_guard(middleware: Iterable[object]) -> bool:
+    return any(isinstance(entry, ErrorProcessorMiddleware) for entry in middleware)
+
+
+def guard(
+    client: ClientT,
+    processors: Iterable[AnyProcessor] | None = None,
+    *,
+    max_processor_retries: int = 3,
+) -> ClientT:
+    """A copy of ``client`` with :class:`ErrorProcessorMiddleware`; ``client`` stays untouched.
+
+    ``processors`` defaults to the recommended stack. A client that already has the middleware
+    is returned as it is, so guarding twice never doubles it.
+    """
+    if not isinstance(client, (SyncAPIClient, AsyncAPIClient)):
+        raise TypeError(f"guard() takes an anthropic client, got {type(client).__name__}")
+    if _has_guard(getattr(client, "_middleware", ())):
+        return client
+    middleware = ErrorProcessorMiddleware(processors, max_processor_retries=max_processor_retries)
+    guarded: ClientT = client.with_middleware(middleware)  # type: ignore[union-attr]
+    return guarded
+
+
+# -- install / uninstall ---------------------------------------------------------------------
+# The one piece of global state in the library: explicit, idempotent, thread-safe, reversible.
+_install_lock = threading.Lock()
+_installed_middleware: ErrorProcessorMiddleware | None = None
+_patched: dict[type, Callable[..., None] | None] = {}
+
+
+def _client_classes() -> list[type]:
+    """Every anthropic client class whose constructor takes ``middleware=``, once each.
+
+    Once each: the package exports aliases (``Client`` is ``Anthropic``).
+    """
+    found: dict[type, None] = {}
+    for name in dir(anthropic):
+        cls = getattr(anthropic, name)
+        if (
+            isinstance(cls, type)
+            and issubclass(cls, (SyncAPIClient, AsyncAPIClient))
+            and "middleware" in inspect.signature(cls.__init__).parameters
+        ):
+            found[cls] = None
+    return list(found)
+
+
+def _patch(cls: type) -> None:
+    original: Callable[..., None] = cls.__init__  # type: ignore[misc]
+
+    @functools.wraps(original)
+    def __init__(
+        self: Any, *args: Any, middleware: Iterable[Any] | None = None, **kwargs: Any
+    ) -> None:
+        entries = list(middleware or ())
+        current = _installed_middleware
+        if current is not None and not _has_guard(entries):
+            entries.append(current)
+        original(self, *args, middleware=entries, **kwargs)
+
+    _patched[cls] = cls.__dict__.get("__init__")
+    cls.__init__ = __init__  # type: ignore[misc]
+
+
+def install(
+    processors: Iterable[AnyProcessor] | None = None,
+    *,
+    max_processor_retries: int = 3,
+) -> ErrorProcessorMiddleware:
+    """Put the middleware into every anthropic client created from now on, sync and async.
+
+    For frameworks that construct their own client (LangChain's ChatAnthropic does). Covers
+    the Anthropic, Bedrock and Vertex clients. Idempotent (a second call returns the installed
+    middleware), thread-safe, and reversed by :func:`uninstall`. A client that already has the
+    middleware (say from :func:`guard`) never gets a second one.
+    """
+    global _installed_middleware
+    with _install_lock:
+        if _installed_middleware is not None:
+            return _installed_middleware
+        middleware = ErrorProcessorMiddleware(
+            processors, max_processor_retries=max_processor_retries
+        )
+        _installed_middleware = middleware
+        for cls in _client_classes():
+            _patch(cls)
+        logger.info("installed prefill_guard into %d anthropic client classes", len(_patched))
+        return middleware
+
+
+def uninstall() -> None:
+    """Undo :func:`install`: new clients get no middleware, and existing ones stop using it."""
+    global _installed_middleware
+    with _install_lock:
+        if _installed_middleware is None:
+            return
+        _installed_middleware.enabled = False
+        for cls, original in _patched.items():
+            if original is None:
+                del cls.__init__  # type: ignore[misc]
+            else:
+                cls.__init__ = original  # type: ignore[misc]
+        _patched.clear()
+        _installed_middleware = None
+
+
+def installed() -> ErrorProcessorMiddleware | None:
+    """The middleware :func:`install` put in place, or ``None``."""
+    return _installed_middleware

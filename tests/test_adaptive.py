@@ -1,0 +1,209 @@
+"""The adaptive prefill guard: the extra round trip is paid at most once per model."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from prefill_guard import (
+    AdaptivePrefillGuard,
+    Agent,
+    MessageList,
+    PrefillErrorHandler,
+    PrefillKnowledge,
+    guard,
+)
+from prefill_guard.testing import AnthropicEmulator
+
+REMINDER_ON_WIRE = {"role": "user", "content": "<system-reminder>continue</system-reminder>"}
+
+
+def _ends_with_assistant(i: int = 0) -> list[Any]:
+    return [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "claude-opus-4-6",
+        "claude-opus-4-6-20260101",
+        "claude-sonnet-4-6",
+        "claude-opus-4-8",
+        "claude-sonnet-5-5",
+        "claude-mythos-5-1",
+        "anthropic.claude-opus-4-7-v1:0",
+        "us.anthropic.claude-sonnet-4-6-v1:0",
+        "claude-opus-4-6@20260101",
+    ],
+)
+def test_builtin_families_are_known(model: str) -> None:
+    """4.6-and-later families match in plain, dated, Bedrock and Vertex spellings."""
+    assert PrefillKnowledge().rejects_prefill(model)
+
+
+@pytest.mark.parametrize("model", ["claude-haiku-4-5", "claude-sonnet-4-5", "claude-3-5-sonnet"])
+def test_models_that_accept_prefill_are_not_listed(model: str) -> None:
+    """Haiku 4.5 and older models are left alone."""
+    assert not PrefillKnowledge().rejects_prefill(model)
+
+
+def test_learn_export_and_preload() -> None:
+    """Learned names are exported sorted and can start a new process's knowledge."""
+    knowledge = PrefillKnowledge(["configured-model"])
+    assert knowledge.learn("acme-2") is True
+    assert knowledge.learn("acme-2") is False
+    assert knowledge.export() == ["acme-2", "configured-model"]
+    fresh = PrefillKnowledge()
+    fresh.preload(knowledge.export())
+    assert fresh.rejects_prefill("acme-2")
+    assert not PrefillKnowledge(builtin=False).rejects_prefill("claude-opus-4-6")
+
+
+def test_preload_rejects_bad_input() -> None:
+    """A bare string or a non-name is a clear TypeError, not a set of characters."""
+    with pytest.raises(TypeError, match="not a single str"):
+        PrefillKnowledge().preload("acme")
+    with pytest.raises(TypeError, match=r"models\[1\]: expected a non-empty model name"):
+        PrefillKnowledge(["ok", ""])
+
+
+def test_learning_is_thread_safe() -> None:
+    """Many threads learning at once: every name kept, each reported new exactly once."""
+    knowledge = PrefillKnowledge()
+    news: list[bool] = []
+    lock = threading.Lock()
+
+    def learn(i: int) -> None:
+        for j in range(200):
+            new = knowledge.learn(f"model-{j}")
+            with lock:
+                news.append(new)
+
+    threads = [threading.Thread(target=learn, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(knowledge.export()) == 200
+    assert news.count(True) == 200
+
+
+def test_before_send_adds_the_reminder_only_when_needed() -> None:
+    """Only for a known model and a conversation that ends with an assistant turn."""
+    guard_step = AdaptivePrefillGuard()
+    ends_with_user = MessageList([{"role": "user", "content": "hi"}])
+    guard_step.before_send(messages=ends_with_user, params={"model": "claude-opus-4-6"})
+    assert len(ends_with_user) == 1
+    accepting = MessageList(_ends_with_assistant())
+    guard_step.before_send(messages=accepting, params={"model": "claude-haiku-4-5"})
+    assert len(accepting) == 2
+    known = MessageList(_ends_with_assistant())
+    guard_step.before_send(messages=known, params={"model": "claude-opus-4-6"})
+    assert known.to_api()[-1] == REMINDER_ON_WIRE
+    assert known[-1]["metadata"] == {
+        "systemReminder": {"type": "anthropic-prefill-processor-retry"}
+    }
+
+
+def test_agent_known_model_takes_one_request(anthropic_emulator: AnthropicEmulator) -> None:
+    """A built-in no-prefill model: the reminder goes out with the first request."""
+    with anthropic_emulator.client() as client:
+        agent = Agent(
+            "claude-opus-4-6",
+            client=client,
+            error_processors=[AdaptivePrefillGuard(), PrefillErrorHandler()],
+        )
+        result = agent.generate(_ends_with_assistant())
+    assert len(anthropic_emulator.message_requests) == 1
+    assert anthropic_emulator.message_requests[0].body["messages"][-1] == REMINDER_ON_WIRE
+    assert result.messages.to_ui()[-1]["role"] == "assistant"
+
+
+def test_agent_unknown_model_two_requests_first_then_one(anthropic_emulator_acme: Any) -> None:
+    """A model the built-in list does not know: 2 requests the first time, then 1 each."""
+    emulator: AnthropicEmulator = anthropic_emulator_acme
+    with emulator.client() as client:
+        agent = Agent(
+            "acme-1",
+            client=client,
+            error_processors=[AdaptivePrefillGuard(), PrefillErrorHandler()],
+        )
+        counts = []
+        for i in range(4):
+            before = len(emulator.message_requests)
+            agent.generate(_ends_with_assistant(i))
+            counts.append(len(emulator.message_requests) - before)
+    assert counts == [2, 1, 1, 1]
+
+
+async def test_middleware_unknown_model_two_requests_first_then_one(
+    anthropic_emulator_acme: Any,
+) -> None:
+    """The same through guard(), with one shared guard learning across requests."""
+    emulator: AnthropicEmulator = anthropic_emulator_acme
+    async with emulator.async_client() as client:
+        guarded = guard(client, [AdaptivePrefillGuard(), PrefillErrorHandler()])
+        counts = []
+        for i in range(3):
+            before = len(emulator.message_requests)
+            await guarded.messages.create(
+                model="acme-1", max_tokens=16, messages=_ends_with_assistant(i)
+            )
+            counts.append(len(emulator.message_requests) - before)
+    assert counts == [2, 1, 1]
+
+
+def test_prefill_accepting_model_is_never_changed(anthropic_emulator: AnthropicEmulator) -> None:
+    """Haiku 4.5 continues the prefill: one request, sent exactly as given."""
+    with anthropic_emulator.client() as client:
+        agent = Agent(
+            "claude-haiku-4-5",
+            client=client,
+            error_processors=[AdaptivePrefillGuard(), PrefillErrorHandler()],
+        )
+        agent.generate(_ends_with_assistant())
+    assert [r.body["messages"] for r in anthropic_emulator.message_requests] == [
+        _ends_with_assistant()
+    ]
+
+
+def test_a_wrong_entry_costs_one_reminder_never_a_failure(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """Listing a model that accepts prefill only adds the harmless reminder."""
+    knowledge = PrefillKnowledge(["claude-haiku-4-5"])
+    with anthropic_emulator.client() as client:
+        agent = Agent(
+            "claude-haiku-4-5",
+            client=client,
+            error_processors=[AdaptivePrefillGuard(knowledge), PrefillErrorHandler()],
+        )
+        result = agent.generate(_ends_with_assistant())
+    assert len(anthropic_emulator.message_requests) == 1
+    assert anthropic_emulator.message_requests[0].body["messages"][-1] == REMINDER_ON_WIRE
+    assert result.text
+
+
+def test_exported_knowledge_saves_the_first_round_trip(anthropic_emulator_acme: Any) -> None:
+    """Knowledge exported by one guard and preloaded into another: 1 request from the start."""
+    emulator: AnthropicEmulator = anthropic_emulator_acme
+    first = AdaptivePrefillGuard()
+    with emulator.client() as client:
+        Agent("acme-1", client=client, error_processors=[first, PrefillErrorHandler()]).generate(
+            _ends_with_assistant()
+        )
+        emulator.reset()
+        second = AdaptivePrefillGuard(PrefillKnowledge(first.knowledge.export()))
+        Agent("acme-1", client=client, error_processors=[second, PrefillErrorHandler()]).generate(
+            _ends_with_assistant()
+        )
+    assert len(emulator.message_requests) == 1
+
+
+@pytest.fixture
+def anthropic_emulator_acme() -> Any:
+    """An emulator on which only the made-up model 'acme-1' rejects prefill."""
+    with AnthropicEmulator(no_prefill_models=["acme-1"]) as emulator:
+        yield emulator

@@ -1,0 +1,239 @@
+"""ErrorProcessorMiddleware and guard(): the pipeline inside any anthropic client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import pytest
+
+from prefill_guard import (
+    ErrorProcessorMiddleware,
+    MessageList,
+    PrefillErrorHandler,
+    ProcessAPIErrorResult,
+    guard,
+)
+from prefill_guard.errors import api_message
+from prefill_guard.testing import DEFAULT_REPLY_TEXT, PREFILL_MESSAGE, AnthropicEmulator, Fault
+
+from .conftest import AsyncPrefillRepair
+
+MODEL = "claude-opus-4-6"
+ENDS_WITH_ASSISTANT: list[Any] = [
+    {"role": "user", "content": "Write a haiku."},
+    {"role": "assistant", "content": "Here is one"},
+]
+REMINDER_ON_WIRE = {"role": "user", "content": "<system-reminder>continue</system-reminder>"}
+PREFILL_400 = Fault(
+    400, {"type": "error", "error": {"type": "invalid_request_error", "message": PREFILL_MESSAGE}}
+)
+REACTIVE = [PrefillErrorHandler()]
+
+
+class Recorder:
+    """Records the errors it is shown; never retries."""
+
+    id = "recorder"
+
+    def __init__(self) -> None:
+        self.errors: list[anthropic.APIError] = []
+
+    def process_api_error(
+        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        self.errors.append(error)
+        return None
+
+
+def _wire(emulator: AnthropicEmulator) -> list[list[dict[str, Any]]]:
+    return [r.body["messages"] for r in emulator.message_requests]
+
+
+def _assert_repaired_on_the_wire(emulator: AnthropicEmulator) -> None:
+    wire = _wire(emulator)
+    assert wire == [ENDS_WITH_ASSISTANT, [*ENDS_WITH_ASSISTANT, REMINDER_ON_WIRE]]
+    assert all(set(m) == {"role", "content"} for request in wire for m in request)
+
+
+def test_guarded_sync_create_recovers_and_the_original_is_untouched(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """guard(client) repairs the prefill 400 in 2 requests; the original client still fails."""
+    with anthropic_emulator.client() as client:
+        guarded = guard(client, REACTIVE)
+        message = guarded.messages.create(model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT)
+        assert message.content[0].type == "text"
+        assert message.content[0].text == DEFAULT_REPLY_TEXT
+        _assert_repaired_on_the_wire(anthropic_emulator)
+        with pytest.raises(anthropic.BadRequestError):
+            client.messages.create(model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT)
+
+
+async def test_guarded_async_create_recovers(anthropic_emulator: AnthropicEmulator) -> None:
+    """The async client takes the same 2 requests."""
+    async with anthropic_emulator.async_client() as client:
+        message = await guard(client, REACTIVE).messages.create(
+            model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT
+        )
+    assert message.content[0].type == "text"
+    _assert_repaired_on_the_wire(anthropic_emulator)
+
+
+def test_sync_stream_helper_and_create_stream(anthropic_emulator: AnthropicEmulator) -> None:
+    """messages.stream() and create(stream=True) are repaired when the stream opens."""
+    with anthropic_emulator.client() as client:
+        guarded = guard(client, REACTIVE)
+        with guarded.messages.stream(
+            model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT
+        ) as stream:
+            assert "".join(stream.text_stream) == DEFAULT_REPLY_TEXT
+        _assert_repaired_on_the_wire(anthropic_emulator)
+        anthropic_emulator.reset()
+        events = guarded.messages.create(
+            model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT, stream=True
+        )
+        with events:
+            assert [e.type for e in events][-1] == "message_stop"
+        _assert_repaired_on_the_wire(anthropic_emulator)
+
+
+async def test_async_stream_helper(anthropic_emulator: AnthropicEmulator) -> None:
+    """The async stream helper is repaired too, with an async def processor awaited."""
+    async with anthropic_emulator.async_client() as client:
+        guarded = guard(client, [AsyncPrefillRepair()])
+        async with guarded.messages.stream(
+            model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT
+        ) as stream:
+            text = "".join([t async for t in stream.text_stream])
+    assert text == DEFAULT_REPLY_TEXT
+    _assert_repaired_on_the_wire(anthropic_emulator)
+
+
+def test_beta_messages_are_guarded(anthropic_emulator: AnthropicEmulator) -> None:
+    """client.beta.messages posts to /v1/messages?beta=true and is repaired the same way."""
+    with anthropic_emulator.client() as client:
+        message = guard(client, REACTIVE).beta.messages.create(
+            model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT
+        )
+    assert message.content[0].type == "text"
+    _assert_repaired_on_the_wire(anthropic_emulator)
+
+
+def test_persistent_rejection_raises_the_sdks_own_error(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """2 requests, then the SDK raises BadRequestError, as it would have without the guard."""
+    anthropic_emulator.script(PREFILL_400, PREFILL_400)
+    with anthropic_emulator.client() as client, pytest.raises(anthropic.BadRequestError) as info:
+        guard(client, REACTIVE).messages.create(
+            model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT
+        )
+    assert type(info.value) is anthropic.BadRequestError
+    assert api_message(info.value) == PREFILL_MESSAGE
+    assert len(anthropic_emulator.message_requests) == 2
+
+
+def test_other_errors_pass_through_after_one_request(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """A non-prefill 400 reaches the processors (as the SDK's typed error) and the caller."""
+    recorder = Recorder()
+    with anthropic_emulator.client() as client, pytest.raises(anthropic.BadRequestError):
+        guard(client, [PrefillErrorHandler(), recorder]).messages.create(
+            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": " "}]
+        )
+    assert len(anthropic_emulator.message_requests) == 1
+    assert [type(e) for e in recorder.errors] == [anthropic.BadRequestError]
+
+
+def test_transient_errors_are_left_to_the_sdks_retries(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """A 529 the SDK will retry is not shown to processors; its last one is."""
+    anthropic_emulator.script(Fault(529), Fault(529), Fault(529))
+    recorder = Recorder()
+    with (
+        anthropic_emulator.client(max_retries=2) as client,
+        pytest.raises(anthropic.OverloadedError),
+    ):
+        guard(client, [recorder]).with_options(timeout=5).messages.create(
+            model="claude-haiku-4-5", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert len(anthropic_emulator.message_requests) == 3
+    assert [type(e) for e in recorder.errors] == [anthropic.OverloadedError]
+
+
+def test_sdk_retry_then_repair(anthropic_emulator: AnthropicEmulator) -> None:
+    """A 529 retried by the SDK, then the prefill 400 repaired by the middleware: 3 requests."""
+    anthropic_emulator.script(Fault(529, headers={"retry-after-ms": "1"}))
+    with anthropic_emulator.client(max_retries=2) as client:
+        guard(client, REACTIVE).messages.create(
+            model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT
+        )
+    assert len(anthropic_emulator.message_requests) == 3
+    assert _wire(anthropic_emulator)[-1][-1] == REMINDER_ON_WIRE
+
+
+def test_same_semantics_as_the_agent(anthropic_emulator: AnthropicEmulator) -> None:
+    """A raising processor is skipped, order holds, and the cap bounds the requests."""
+
+    class Raiser:
+        id = "raiser"
+
+        def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
+            raise RuntimeError("bug")
+
+    class Blind:
+        id = "blind"
+
+        def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
+            return ProcessAPIErrorResult(retry=True)
+
+    with anthropic_emulator.client() as client:
+        guarded = guard(client, [Raiser(), PrefillErrorHandler()])
+        guarded.messages.create(model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT)
+        assert len(anthropic_emulator.message_requests) == 2
+        anthropic_emulator.reset()
+        capped = guard(client, [Blind(), PrefillErrorHandler()], max_processor_retries=2)
+        with pytest.raises(anthropic.BadRequestError):
+            capped.messages.create(model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT)
+        assert len(anthropic_emulator.message_requests) == 3
+
+
+def test_requests_it_does_not_understand_pass_through(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """A non-Messages endpoint is never given to processors nor rewritten."""
+    recorder = Recorder()
+    with anthropic_emulator.client() as client, pytest.raises(anthropic.NotFoundError):
+        guard(client, [recorder]).messages.count_tokens(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert recorder.errors == []
+    assert len(anthropic_emulator.requests) == 1
+
+
+def test_guard_never_doubles_and_checks_its_argument(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """Guarding a guarded client returns it as is; guarding a non-client is a TypeError."""
+    with anthropic_emulator.client() as client:
+        once = guard(client)
+        assert guard(once) is once
+        ours = [m for m in once._middleware if isinstance(m, ErrorProcessorMiddleware)]
+        assert len(ours) == 1
+        assert len([m for m in client._middleware if isinstance(m, ErrorProcessorMiddleware)]) == 0
+        copy = once.with_options(timeout=3)
+        assert len([m for m in copy._middleware if isinstance(m, ErrorProcessorMiddleware)]) == 1
+    with pytest.raises(TypeError, match="guard\\(\\) takes an anthropic client"):
+        guard(object())  # type: ignore[type-var]
+
+
+def test_default_stack_needs_one_request_for_a_known_model(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """With the recommended stack, a built-in no-prefill model is repaired before sending."""
+    with anthropic_emulator.client() as client:
+        guard(client).messages.create(model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT)
+    assert _wire(anthropic_emulator) == [[*ENDS_WITH_ASSISTANT, REMINDER_ON_WIRE]]
