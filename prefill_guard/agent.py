@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import anthropic
 from anthropic._base_client import AsyncAPIClient, SyncAPIClient
 
 from .messages import MessageList
-from .pipeline import AnyProcessor, Pipeline, RunResult
+from .pipeline import AnyProcessor, Generation, Pipeline, RunResult
 from .processors import RequestParams
 from .retries import OnRetry, RetryPolicy, acall_with_retries, call_with_retries
-from .streaming import AgentStream, AsyncAgentStream
+from .streaming import AgentStream, AsyncAgentStream, AsyncClient, SyncClient
 
 __all__ = ["Agent", "AnthropicClient"]
 
-SyncClient = anthropic.Anthropic | anthropic.AnthropicBedrock | anthropic.AnthropicVertex
-AsyncClient = (
-    anthropic.AsyncAnthropic | anthropic.AsyncAnthropicBedrock | anthropic.AsyncAnthropicVertex
-)
 AnthropicClient = SyncClient | AsyncClient
 """Any anthropic client: ``Anthropic``, ``AsyncAnthropic`` and the Bedrock and Vertex variants."""
 
@@ -74,20 +72,51 @@ class Agent:
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
         _check_params(default_params, "Agent()")
-        self.model = model
-        self.instructions = instructions
-        self.name = name or model
-        self.pipeline = Pipeline(error_processors, max_processor_retries=max_processor_retries)
-        self.retry_policy = RetryPolicy(
+        self._model = model
+        self._instructions = instructions
+        self._name = name or model
+        self._pipeline = Pipeline(error_processors, max_processor_retries=max_processor_retries)
+        self._retry_policy = RetryPolicy(
             max_retries=max_retries, max_retry_delay=max_retry_delay, on_retry=on_retry, sleep=sleep
         )
-        self.default_params: RequestParams = {"max_tokens": max_tokens, **default_params}
+        # Copied deeply here and per call, so no call (or processor) can change another's.
+        self._defaults: RequestParams = copy.deepcopy({"max_tokens": max_tokens, **default_params})
         self._client_kind = None if client is None else _client_kind(client)
         # Our retry layer replaces the SDK's; with both on, 1 + 2 retries become 9 requests.
         own = None if client is None else client.with_options(max_retries=0)
         self._sync_client = own if self._client_kind == "sync" else None
         self._async_client = own if self._client_kind == "async" else None
         self._lock = threading.Lock()
+
+    @property
+    def model(self) -> str:
+        """The model every request uses unless a call passes ``model=``."""
+        return self._model
+
+    @property
+    def name(self) -> str:
+        """A label for logs (the model name unless given)."""
+        return self._name
+
+    @property
+    def instructions(self) -> str | None:
+        """The system prompt sent as ``system``, if any."""
+        return self._instructions
+
+    @property
+    def default_params(self) -> Mapping[str, Any]:
+        """The default request parameters (read-only); each call works on its own deep copy."""
+        return MappingProxyType(self._defaults)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The processors and their cap."""
+        return self._pipeline
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The transient retry settings."""
+        return self._retry_policy
 
     def __repr__(self) -> str:
         ids = [getattr(p, "id", "?") for p in self.pipeline.processors]
@@ -101,20 +130,19 @@ class Agent:
         ``params`` override the Agent's defaults for this call. When neither retry layer
         retries, the original SDK exception is raised.
         """
-        client = self._get_sync_client()
-        self.pipeline.require_sync("Agent.generate()")
-        generation = self.pipeline.begin(_as_message_list(messages), self._params(params))
+        client = self._sync_client_for("generate")
+        generation = self._begin("generate", messages, params)
         message = call_with_retries(
-            generation, self.retry_policy, lambda request: client.messages.create(**request)
+            generation, self._retry_policy, lambda request: client.messages.create(**request)
         )
         return generation.succeeded(message)
 
     async def agenerate(self, messages: MessagesInput, **params: Any) -> RunResult:
         """The async twin of :meth:`generate`; ``async def`` processors are awaited."""
-        client = self._get_async_client()
-        generation = self.pipeline.begin(_as_message_list(messages), self._params(params))
+        client = self._async_client_for("agenerate")
+        generation = self._begin("agenerate", messages, params)
         message = await acall_with_retries(
-            generation, self.retry_policy, lambda request: client.messages.create(**request)
+            generation, self._retry_policy, lambda request: client.messages.create(**request)
         )
         return generation.succeeded(message)
 
@@ -124,42 +152,44 @@ class Agent:
         The request is sent when the block is entered; failures before any content reaches
         you are retried like :meth:`generate`'s. See :class:`~prefill_guard.AgentStream`.
         """
-        client = self._get_sync_client()
-        self.pipeline.require_sync("Agent.stream()")
-        generation = self.pipeline.begin(_as_message_list(messages), self._params(params))
-        return AgentStream(client, generation, self.retry_policy)
+        client = self._sync_client_for("stream")
+        return AgentStream(client, self._begin("stream", messages, params), self._retry_policy)
 
     def astream(self, messages: MessagesInput, **params: Any) -> AsyncAgentStream:
         """The async twin of :meth:`stream`: ``async with agent.astream(messages) as stream:``."""
-        client = self._get_async_client()
-        generation = self.pipeline.begin(_as_message_list(messages), self._params(params))
-        return AsyncAgentStream(client, generation, self.retry_policy)
+        client = self._async_client_for("astream")
+        return AsyncAgentStream(
+            client, self._begin("astream", messages, params), self._retry_policy
+        )
 
     # -- internals -------------------------------------------------------------------
-    def _params(self, params: dict[str, Any]) -> RequestParams:
-        _check_params(params, "generate()")
-        merged: RequestParams = {"model": self.model, **self.default_params}
-        if self.instructions is not None:
-            merged["system"] = self.instructions
+    def _begin(self, method: str, messages: MessagesInput, params: dict[str, Any]) -> Generation:
+        caller = f"Agent.{method}()"
+        _check_params(params, caller)
+        if method in ("generate", "stream"):
+            self._pipeline.require_sync(caller)
+        merged: RequestParams = {"model": self._model, **self._defaults}
+        if self._instructions is not None:
+            merged["system"] = self._instructions
         merged.update(params)
-        return merged
+        return self._pipeline.begin(_as_message_list(messages), copy.deepcopy(merged))
 
-    def _get_sync_client(self) -> anthropic.Anthropic:
+    def _sync_client_for(self, method: str) -> SyncClient:
         if self._client_kind == "async":
             raise TypeError(
-                "Agent.generate() needs a synchronous client, but this Agent was given an async "
-                "one; use 'await agent.agenerate(...)' or pass client=anthropic.Anthropic()"
+                f"Agent.{method}() needs a synchronous client, but this Agent was given an async "
+                f"one; use the async twin (a{method}) or pass client=anthropic.Anthropic()"
             )
         with self._lock:
             if self._sync_client is None:
                 self._sync_client = anthropic.Anthropic(max_retries=0)
             return self._sync_client  # type: ignore[return-value]
 
-    def _get_async_client(self) -> anthropic.AsyncAnthropic:
+    def _async_client_for(self, method: str) -> AsyncClient:
         if self._client_kind == "sync":
             raise TypeError(
-                "Agent.agenerate() needs an async client, but this Agent was given a synchronous "
-                "one; use 'agent.generate(...)' or pass client=anthropic.AsyncAnthropic()"
+                f"Agent.{method}() needs an async client, but this Agent was given a synchronous "
+                f"one; use the sync twin ({method[1:]}) or pass client=anthropic.AsyncAnthropic()"
             )
         with self._lock:
             if self._async_client is None:

@@ -15,13 +15,14 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, MutableSequence
 from typing import Any, Literal, overload
 
+from anthropic import BaseModel
 from anthropic.types import MessageParam
-from pydantic import BaseModel
 
 __all__ = [
     "SYSTEM_REMINDER_KEY",
     "MessageList",
     "RawMessage",
+    "Snapshot",
     "is_system_reminder",
     "system_reminder",
 ]
@@ -101,6 +102,16 @@ def _validate(message: Any, index: int) -> RawMessage:
     return raw
 
 
+class Snapshot:
+    """What :meth:`MessageList.snapshot` remembers: the message objects and their contents."""
+
+    __slots__ = ("contents", "objects")
+
+    def __init__(self, objects: list[RawMessage], contents: list[RawMessage]) -> None:
+        self.objects = objects
+        self.contents = contents
+
+
 class MessageList(MutableSequence[RawMessage]):
     """The conversation, in order: raw messages (hidden ones included) with their metadata.
 
@@ -138,7 +149,8 @@ class MessageList(MutableSequence[RawMessage]):
     def __setitem__(self, index: slice, value: Iterable[RawMessage]) -> None: ...
     def __setitem__(self, index: int | slice, value: Any) -> None:
         if isinstance(index, slice):
-            self._messages[index] = [_validate(m, i) for i, m in enumerate(value)]
+            start = index.indices(len(self._messages))[0]
+            self._messages[index] = [_validate(m, start + i) for i, m in enumerate(value)]
         else:
             self._messages[index] = _validate(value, index)
 
@@ -183,6 +195,21 @@ class MessageList(MutableSequence[RawMessage]):
         twin = MessageList()
         twin._messages = copy.deepcopy(self._messages)
         return twin
+
+    def snapshot(self) -> Snapshot:
+        """Remember the whole conversation, so that :meth:`restore` can undo any change."""
+        return Snapshot(list(self._messages), copy.deepcopy(self._messages))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Undo every change since ``snapshot``: additions, removals and edits in place.
+
+        The message dicts that existed at the snapshot are kept (same objects), so references
+        held elsewhere stay valid.
+        """
+        for original, saved in zip(snapshot.objects, snapshot.contents, strict=True):
+            original.clear()
+            original.update(saved)
+        self._messages = list(snapshot.objects)
 
     # -- views -----------------------------------------------------------------------
     def to_api(self) -> list[MessageParam]:

@@ -8,6 +8,7 @@ driver (:func:`run_sync`) and the asynchronous one (:func:`run_async`), and they
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Callable, Generator, Iterable
@@ -17,7 +18,7 @@ from typing import Any, Literal, TypeVar, cast
 from anthropic import APIError
 from anthropic.types import Message
 
-from .messages import MessageList, RawMessage
+from .messages import MessageList, Snapshot
 from .processors import ParamsProcessor, ProcessAPIErrorResult, Processor, RequestParams
 
 __all__ = ["Attempt", "Generation", "Pipeline", "RunResult", "run_async", "run_sync"]
@@ -203,25 +204,39 @@ class Generation:
         """The next attempt's request, rebuilt from the conversation (hidden metadata removed)."""
         return {**self.params, "messages": self.messages.to_api()}
 
-    def succeeded(self, message: Message) -> RunResult:
-        """Record the successful attempt, append the reply to the conversation, sum it up."""
-        self._attempts.append(
-            Attempt(len(self._attempts) + 1, None, getattr(message, "_request_id", None))
-        )
-        self.messages.append(message)  # type: ignore[arg-type]  # MessageList converts Message
+    def succeeded(self, message: Message, request_id: str | None = None) -> RunResult:
+        """Record the successful attempt, append the reply to the conversation, sum it up.
+
+        A reply with no content (or only whitespace text) is not appended: such an assistant
+        turn would make every later request of the conversation fail with a 400.
+        """
+        if request_id is None:
+            request_id = getattr(message, "_request_id", None)
+        self._attempts.append(Attempt(len(self._attempts) + 1, None, request_id))
+        if not _is_blank(message):
+            self.messages.append(message)  # type: ignore[arg-type]  # MessageList converts it
+        else:
+            logger.warning("the reply (request id %s) has no content; not stored", request_id)
         return RunResult(message, self.messages, self.attempts)
 
     def run_guarded(self, owner: str, what: str, hook: Callable[..., object]) -> None:
         """Call ``hook(messages=..., params=...)``; on an exception log it and undo its changes."""
-        saved_messages, saved_params = list(self.messages), dict(self.params)
+        saved = self._save()
         try:
             hook(messages=self.messages, params=self.params)
         except Exception:
             logger.exception("processor %r raised in %s; skipped", owner, what)
-            self._restore(saved_messages, saved_params)
+            self._restore(saved)
+        except BaseException:
+            self._restore(saved)
+            raise
 
-    def _restore(self, messages: list[RawMessage], params: RequestParams) -> None:
-        self.messages[:] = messages
+    def _save(self) -> tuple[Snapshot, RequestParams]:
+        return self.messages.snapshot(), copy.deepcopy(self.params)
+
+    def _restore(self, saved: tuple[Snapshot, RequestParams]) -> None:
+        snapshot, params = saved
+        self.messages.restore(snapshot)
         self.params.clear()
         self.params.update(params)
 
@@ -240,8 +255,10 @@ class Generation:
     def failed(self, error: BaseException) -> Generator[Step, object, bool]:
         """Decide whether to retry after ``error``; yields processor calls for a driver to make.
 
-        Returns ``True`` when a processor asked for a retry within the cap. A processor that
-        raises is logged and skipped, and what it changed in the list or params is undone.
+        Returns ``True`` when a processor asked for a retry within the cap. Only the winning
+        processor keeps its changes: what any other changed in the list or params (because it
+        raised, passed, or returned something invalid) is undone. A processor that raises is
+        logged and skipped.
         """
         retried_by: str | None = None
         try:
@@ -255,7 +272,7 @@ class Generation:
                 }
                 if entry.takes_params:
                     kwargs["params"] = self.params
-                saved_messages, saved_params = list(self.messages), dict(self.params)
+                saved = self._save()
                 try:
                     result = yield Step(entry.id, entry.processor.process_api_error, kwargs)
                 except Exception:
@@ -264,20 +281,24 @@ class Generation:
                         entry.id,
                         type(error).__name__,
                     )
-                    self._restore(saved_messages, saved_params)
+                    self._restore(saved)
                     continue
+                except BaseException:  # cancelled mid-processor: undo, then let it through
+                    self._restore(saved)
+                    raise
                 if result is not None and not isinstance(result, ProcessAPIErrorResult):
                     logger.error(
-                        "processor %r returned %r; expected ProcessAPIErrorResult or None; ignored",
+                        "processor %r returned a %s; expected ProcessAPIErrorResult or None; "
+                        "ignored",
                         entry.id,
-                        result,
+                        type(result).__name__,
                     )
-                    continue
-                if result is not None and result.retry:
+                elif result is not None and result.retry:
                     self._retry_counts[index] += 1
                     self._processor_retries += 1
                     retried_by = entry.id
                     return True
+                self._restore(saved)  # only the processor that wins keeps its changes
             return False
         finally:
             self._attempts.append(
@@ -301,6 +322,10 @@ class Generation:
         return False
 
 
+def _is_blank(message: Message) -> bool:
+    return all(block.type == "text" and not block.text.strip() for block in message.content)
+
+
 def _refuse_awaitable(step: Step, result: object) -> TypeError:
     if inspect.iscoroutine(result):
         result.close()
@@ -317,7 +342,7 @@ def run_sync(steps: Generator[Step, object, T]) -> T:
         while True:
             try:
                 result = step()
-            except Exception as exc:
+            except BaseException as exc:  # the core logs and skips, or undoes and re-raises
                 step = steps.throw(exc)
                 continue
             if inspect.isawaitable(result):
@@ -337,7 +362,7 @@ async def run_async(steps: Generator[Step, object, T]) -> T:
                 result = step()
                 if inspect.isawaitable(result):
                     result = await result
-            except Exception as exc:
+            except BaseException as exc:  # the core logs and skips, or undoes and re-raises
                 step = steps.throw(exc)
                 continue
             step = steps.send(result)

@@ -14,6 +14,7 @@ import asyncio
 import email.utils
 import inspect
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -103,24 +104,31 @@ def retry_after(error: BaseException) -> float | None:
     headers = getattr(response, "headers", None)
     if headers is None:
         return None
-    milliseconds = headers.get("retry-after-ms")
+    milliseconds = _finite(headers.get("retry-after-ms"))
     if milliseconds is not None:
-        try:
-            return max(float(milliseconds) / 1000.0, 0.0)
-        except ValueError:
-            pass
+        return max(milliseconds / 1000.0, 0.0)
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
+    seconds = _finite(value)
+    if seconds is not None:
+        return max(seconds, 0.0)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
     return max(when.timestamp() - time.time(), 0.0)
+
+
+def _finite(text: str | None) -> float | None:
+    """A header's number, or None when absent, unreadable, infinite or NaN."""
+    if text is None:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 class RetryPolicy:
@@ -148,6 +156,13 @@ class RetryPolicy:
         for index, hook in enumerate(hooks):
             if not callable(hook):
                 raise TypeError(f"on_retry[{index}]: {hook!r} is not callable")
+            if inspect.iscoroutinefunction(hook) or inspect.iscoroutinefunction(
+                getattr(hook, "__call__", None)  # noqa: B004 - async callable objects too
+            ):
+                raise TypeError(
+                    f"on_retry[{index}]: {hook!r} is async; on_retry hooks must be plain "
+                    "functions (they run inside the retry loop and must not block)"
+                )
         if sleep is not None and not callable(sleep):
             raise TypeError(f"sleep must be callable, got {sleep!r}")
         self.max_retries = max_retries

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anthropic
+import httpx2
 from anthropic.lib.streaming import (
     AsyncMessageStream,
     AsyncMessageStreamManager,
@@ -31,7 +32,14 @@ from anthropic.types import Message
 from .pipeline import Generation, RunResult
 from .retries import RetryPolicy, acall_with_retries, call_with_retries
 
-__all__ = ["AgentStream", "AsyncAgentStream", "partial_text"]
+__all__ = ["AgentStream", "AsyncAgentStream", "AsyncClient", "SyncClient", "partial_text"]
+
+SyncClient = anthropic.Anthropic | anthropic.AnthropicBedrock | anthropic.AnthropicVertex
+"""A synchronous anthropic client: ``Anthropic`` or its Bedrock and Vertex variants."""
+AsyncClient = (
+    anthropic.AsyncAnthropic | anthropic.AsyncAnthropicBedrock | anthropic.AsyncAnthropicVertex
+)
+"""An async anthropic client: ``AsyncAnthropic`` or its Bedrock and Vertex variants."""
 
 logger = logging.getLogger("prefill_guard")
 
@@ -57,6 +65,21 @@ def _text_of(event: StreamEvent) -> str | None:
     return None
 
 
+def _api_error(error: BaseException, request: httpx2.Request) -> BaseException:
+    """The SDK's own error for a transport failure mid-stream (the SDK leaves those raw)."""
+    if isinstance(error, httpx2.TimeoutException):
+        return anthropic.APITimeoutError(request=request)
+    if isinstance(error, httpx2.TransportError):
+        return anthropic.APIConnectionError(request=request)
+    return error
+
+
+def _cut_short(request: httpx2.Request) -> anthropic.APIConnectionError:
+    return anthropic.APIConnectionError(
+        message="the stream ended before message_stop", request=request
+    )
+
+
 class _Tracker:
     """The I/O-free part shared by both twins: pending events, partial text, the result."""
 
@@ -64,13 +87,30 @@ class _Tracker:
         self.generation = generation
         self.pending: deque[StreamEvent] = deque()
         self.texts: list[str] = []
+        self.stopped = False
+        self.closed = False
         self.result: RunResult | None = None
+
+    def seen(self, event: StreamEvent) -> StreamEvent:
+        if event.type == "message_stop":
+            self.stopped = True
+        return event
 
     def delivered(self, event: StreamEvent) -> StreamEvent:
         text = _text_of(event)
         if text is not None:
             self.texts.append(text)
         return event
+
+    def check_open(self, entered: bool) -> bool:
+        """Whether there is anything left to give; raises if the stream cannot be read."""
+        if self.result is not None:
+            return False
+        if self.closed:
+            raise RuntimeError("the stream was closed before it finished; nothing was stored")
+        if not entered:
+            raise RuntimeError("enter the stream first: 'with agent.stream(...) as stream:'")
+        return True
 
     def interrupted(self, error: BaseException) -> None:
         received = "".join(self.texts)
@@ -82,8 +122,8 @@ class _Tracker:
             len(received),
         )
 
-    def finish(self, message: Message) -> RunResult:
-        self.result = self.generation.succeeded(message)
+    def finish(self, message: Message, request_id: str | None) -> RunResult:
+        self.result = self.generation.succeeded(message, request_id)
         return self.result
 
     def require_result(self) -> RunResult:
@@ -95,17 +135,21 @@ class _Tracker:
 
 
 def _open(
-    client: anthropic.Anthropic, request: dict[str, Any]
+    client: SyncClient, request: dict[str, Any], tracker: _Tracker
 ) -> tuple[MessageStreamManager, MessageStream, list[StreamEvent]]:
+    """One attempt: send the request and read events up to the first content event."""
     manager = client.messages.stream(**request)
     stream = manager.__enter__()
     head: list[StreamEvent] = []
     try:
-        while not head or not _is_content(head[-1]):
-            try:
-                head.append(next(stream))
-            except StopIteration:
-                break
+        try:
+            while not head or not _is_content(head[-1]):
+                head.append(tracker.seen(next(stream)))
+        except StopIteration:
+            if not tracker.stopped:
+                raise _cut_short(stream.response.request) from None
+        except httpx2.TransportError as exc:
+            raise _api_error(exc, stream.response.request) from exc
     except BaseException:
         manager.__exit__(*sys.exc_info())
         raise
@@ -113,17 +157,21 @@ def _open(
 
 
 async def _aopen(
-    client: anthropic.AsyncAnthropic, request: dict[str, Any]
+    client: AsyncClient, request: dict[str, Any], tracker: _Tracker
 ) -> tuple[AsyncMessageStreamManager, AsyncMessageStream, list[StreamEvent]]:
+    """The async twin of :func:`_open`."""
     manager = client.messages.stream(**request)
     stream = await manager.__aenter__()
     head: list[StreamEvent] = []
     try:
-        while not head or not _is_content(head[-1]):
-            try:
-                head.append(await stream.__anext__())
-            except StopAsyncIteration:
-                break
+        try:
+            while not head or not _is_content(head[-1]):
+                head.append(tracker.seen(await stream.__anext__()))
+        except StopAsyncIteration:
+            if not tracker.stopped:
+                raise _cut_short(stream.response.request) from None
+        except httpx2.TransportError as exc:
+            raise _api_error(exc, stream.response.request) from exc
     except BaseException:
         await manager.__aexit__(*sys.exc_info())
         raise
@@ -138,9 +186,7 @@ class AgentStream:
     The request is sent when the ``with`` block is entered.
     """
 
-    def __init__(
-        self, client: anthropic.Anthropic, generation: Generation, policy: RetryPolicy
-    ) -> None:
+    def __init__(self, client: SyncClient, generation: Generation, policy: RetryPolicy) -> None:
         self._client = client
         self._policy = policy
         self._tracker = _Tracker(generation)
@@ -151,7 +197,9 @@ class AgentStream:
         if self._manager is not None:
             raise RuntimeError("this stream was already entered; call agent.stream() again")
         self._manager, self._stream, head = call_with_retries(
-            self._tracker.generation, self._policy, lambda request: _open(self._client, request)
+            self._tracker.generation,
+            self._policy,
+            lambda request: _open(self._client, request, self._tracker),
         )
         self._tracker.pending.extend(head)
         return self
@@ -162,24 +210,30 @@ class AgentStream:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._tracker.closed = True
         if self._manager is not None:
             self._manager.__exit__(exc_type, exc, traceback)
 
     def __iter__(self) -> Iterator[StreamEvent]:
         tracker = self._tracker
-        if tracker.result is not None:
+        if not tracker.check_open(self._stream is not None):
             return
-        if self._stream is None:
-            raise RuntimeError("enter the stream first: 'with agent.stream(...) as stream:'")
+        stream = self._stream
+        assert stream is not None
         try:
             while tracker.pending:
                 yield tracker.delivered(tracker.pending.popleft())
-            for event in self._stream:
-                yield tracker.delivered(event)
+            for event in stream:
+                yield tracker.delivered(tracker.seen(event))
+            if not tracker.stopped:
+                raise _cut_short(stream.response.request)
         except Exception as error:
-            tracker.interrupted(error)
-            raise
-        tracker.finish(self._stream.get_final_message())
+            converted = _api_error(error, stream.response.request)
+            tracker.interrupted(converted)
+            if converted is error:
+                raise
+            raise converted from error
+        tracker.finish(stream.get_final_message(), stream.request_id)
 
     @property
     def text_stream(self) -> Iterator[str]:
@@ -201,9 +255,7 @@ class AgentStream:
 class AsyncAgentStream:
     """The async twin of :class:`AgentStream`: ``async with agent.astream(messages) as s:``."""
 
-    def __init__(
-        self, client: anthropic.AsyncAnthropic, generation: Generation, policy: RetryPolicy
-    ) -> None:
+    def __init__(self, client: AsyncClient, generation: Generation, policy: RetryPolicy) -> None:
         self._client = client
         self._policy = policy
         self._tracker = _Tracker(generation)
@@ -214,7 +266,9 @@ class AsyncAgentStream:
         if self._manager is not None:
             raise RuntimeError("this stream was already entered; call agent.astream() again")
         self._manager, self._stream, head = await acall_with_retries(
-            self._tracker.generation, self._policy, lambda request: _aopen(self._client, request)
+            self._tracker.generation,
+            self._policy,
+            lambda request: _aopen(self._client, request, self._tracker),
         )
         self._tracker.pending.extend(head)
         return self
@@ -225,24 +279,30 @@ class AsyncAgentStream:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._tracker.closed = True
         if self._manager is not None:
             await self._manager.__aexit__(exc_type, exc, traceback)
 
     async def __aiter__(self) -> AsyncIterator[StreamEvent]:
         tracker = self._tracker
-        if tracker.result is not None:
+        if not tracker.check_open(self._stream is not None):
             return
-        if self._stream is None:
-            raise RuntimeError("enter the stream first: 'async with agent.astream(...) as s:'")
+        stream = self._stream
+        assert stream is not None
         try:
             while tracker.pending:
                 yield tracker.delivered(tracker.pending.popleft())
-            async for event in self._stream:
-                yield tracker.delivered(event)
+            async for event in stream:
+                yield tracker.delivered(tracker.seen(event))
+            if not tracker.stopped:
+                raise _cut_short(stream.response.request)
         except Exception as error:
-            tracker.interrupted(error)
-            raise
-        tracker.finish(await self._stream.get_final_message())
+            converted = _api_error(error, stream.response.request)
+            tracker.interrupted(converted)
+            if converted is error:
+                raise
+            raise converted from error
+        tracker.finish(await stream.get_final_message(), stream.request_id)
 
     @property
     def text_stream(self) -> AsyncIterator[str]:

@@ -33,7 +33,8 @@ def require(module: str) -> ModuleType:
     required = os.environ.get("PREFILL_GUARD_REQUIRE_EXTRAS", "").split(",")
     if module in required:
         return importlib.import_module(module)
-    return pytest.importorskip(module)
+    imported: ModuleType = pytest.importorskip(module)
+    return imported
 
 
 class SwitchModel:

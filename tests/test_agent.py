@@ -323,6 +323,8 @@ def test_one_agent_is_safe_to_share_between_threads(anthropic_emulator: Anthropi
             thread.join()
     assert len(results) == 8
     assert all(len(r.attempts) == 2 and len(r.messages) == 4 for r in results)
+    assert sorted(r.messages[0]["content"] for r in results) == [f"q{i}" for i in range(8)]
+    assert all(r.messages[1]["content"] == "a" + r.messages[0]["content"][1:] for r in results)
     assert len(anthropic_emulator.message_requests) == 16
 
 
@@ -347,3 +349,60 @@ async def test_one_agent_is_safe_to_share_between_tasks(
         assert result.messages[0]["content"] == f"q{i}"
         assert len(result.messages) == 4
     assert len(anthropic_emulator.message_requests) == 40
+
+
+def test_processors_never_change_the_agents_defaults(anthropic_emulator: AnthropicEmulator) -> None:
+    """A processor editing nested params changes only its own generation, not the next call."""
+
+    class EditsNested:
+        id = "edits-nested"
+
+        def process_api_error(
+            self,
+            *,
+            error: anthropic.APIError,
+            messages: MessageList,
+            retry_count: int,
+            params: dict[str, Any],
+        ) -> ProcessAPIErrorResult | None:
+            params["stop_sequences"].append("LEAK")
+            return PrefillErrorHandler().process_api_error(
+                error=error, messages=messages, retry_count=retry_count
+            )
+
+    with anthropic_emulator.client() as client:
+        agent = Agent(
+            MODEL, client=client, error_processors=[EditsNested()], stop_sequences=["END"]
+        )
+        agent.generate(ENDS_WITH_ASSISTANT)
+        agent.generate(ENDS_WITH_ASSISTANT)
+    sent = [r.body["stop_sequences"] for r in anthropic_emulator.message_requests]
+    assert sent == [["END"], ["END", "LEAK"], ["END"], ["END", "LEAK"]]
+    assert agent.default_params["stop_sequences"] == ["END"]
+
+
+def test_settings_are_read_only() -> None:
+    """An Agent is immutable after construction: its settings cannot be reassigned."""
+    agent = Agent(MODEL, stop_sequences=["END"])
+    with pytest.raises(TypeError):
+        agent.default_params["max_tokens"] = 5  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        agent.model = "other"  # type: ignore[misc]
+
+
+def test_an_empty_reply_is_returned_but_not_stored() -> None:
+    """A reply with no text would poison the next turn with a 400: it is not appended."""
+    with AnthropicEmulator(reply="") as emulator, emulator.client() as client:
+        conversation = MessageList([{"role": "user", "content": "hi"}])
+        result = Agent("claude-haiku-4-5", client=client).generate(conversation)
+        assert result.text == ""
+        assert conversation.to_api() == [{"role": "user", "content": "hi"}]
+
+
+def test_errors_name_the_method_that_was_called() -> None:
+    """Misuse of stream()/astream() names stream()/astream(), not generate()."""
+    aclient = anthropic.AsyncAnthropic(api_key="k")
+    with pytest.raises(TypeError, match=r"Agent\.stream\(\) needs a synchronous client"):
+        Agent(MODEL, client=aclient).stream("hi")
+    with pytest.raises(TypeError, match=r"Agent\.astream\(\): 'stream' is not a request"):
+        Agent(MODEL, client=aclient).astream("hi", stream=True)

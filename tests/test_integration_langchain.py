@@ -16,6 +16,7 @@ require("langchain_anthropic")
 
 from langchain_anthropic import ChatAnthropic  # noqa: E402
 from langchain_core.messages import AIMessage, HumanMessage  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
 
 CONVERSATION = [HumanMessage("Write a haiku."), AIMessage("Here is one")]
 
@@ -28,7 +29,11 @@ def _uninstall_after() -> Iterator[None]:
 
 def _chat(emulator: AnthropicEmulator, model: str = "claude-opus-4-6") -> Any:
     return ChatAnthropic(  # type: ignore[call-arg]
-        model=model, api_key="k", base_url=emulator.base_url, max_retries=0, max_tokens=64
+        model=model,
+        api_key=SecretStr("k"),
+        base_url=emulator.base_url,
+        max_retries=0,
+        max_tokens=64,
     )
 
 

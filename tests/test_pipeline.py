@@ -225,3 +225,79 @@ def test_negative_cap_is_refused() -> None:
     """max_processor_retries must be a non-negative int."""
     with pytest.raises(ValueError, match="max_processor_retries must be an int >= 0"):
         Pipeline(max_processor_retries=-1)
+
+
+class HalfRepair:
+    """Edits everything it can reach, then declines (or raises, or returns junk)."""
+
+    id = "half-repair"
+
+    def __init__(self, outcome: str) -> None:
+        self.outcome = outcome
+
+    def process_api_error(
+        self,
+        *,
+        error: anthropic.APIError,
+        messages: MessageList,
+        retry_count: int,
+        params: dict[str, Any],
+    ) -> Any:
+        messages[0]["content"] = "edited in place"
+        messages.add("user", "appended")
+        params["model"] = "changed"
+        params["nested"]["list"].append("x")
+        if self.outcome == "raise":
+            raise RuntimeError("bug")
+        return None if self.outcome == "pass" else "junk"
+
+
+@pytest.mark.parametrize("outcome", ["pass", "raise", "junk"])
+def test_only_the_winning_processor_keeps_its_changes(outcome: str) -> None:
+    """Edits in place, additions and nested params are undone unless the processor won."""
+    messages = MessageList(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
+    )
+    first = messages[0]
+    generation = Pipeline([HalfRepair(outcome)]).begin(
+        messages, {"model": "m", "nested": {"list": [1]}}
+    )
+    assert run_sync(generation.failed(ERROR)) is False
+    assert messages.to_api() == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "a"},
+    ]
+    assert messages[0] is first  # references held elsewhere stay valid
+    assert generation.params == {"model": "m", "nested": {"list": [1]}}
+
+
+async def test_cancellation_inside_an_async_processor_undoes_its_changes() -> None:
+    """A CancelledError mid-processor propagates, after the half-done repair is undone."""
+    import asyncio
+
+    class Slow:
+        id = "slow"
+
+        async def process_api_error(
+            self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+        ) -> ProcessAPIErrorResult | None:
+            messages.add("user", "half-done")
+            await asyncio.Event().wait()
+            return None
+
+    generation = _generation(Pipeline([Slow()]))
+    task = asyncio.create_task(run_async(generation.failed(ERROR)))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(generation.messages) == 2
+
+
+def test_bad_return_value_is_logged_by_type_not_content(caplog: pytest.LogCaptureFixture) -> None:
+    """A junk return value is logged by its type, never by its (possibly private) contents."""
+    wrong = Recorder("wrong", ["secret user text"])  # type: ignore[list-item]
+    with caplog.at_level(logging.ERROR, logger="prefill_guard"):
+        run_sync(_generation(Pipeline([wrong])).failed(ERROR))
+    assert "returned a str" in caplog.text
+    assert "secret" not in caplog.text

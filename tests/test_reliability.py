@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
+import httpx2
 import pytest
 
 from prefill_guard import (
     MessageList,
     PrefillErrorHandler,
+    ProcessAPIErrorResult,
     is_system_reminder,
     partial_text,
 )
@@ -38,8 +40,10 @@ PREFILL_400 = Fault(
 REPLY_CHUNKS = ["Hello ", "from ", "the "]  # the first deltas of DEFAULT_REPLY_TEXT
 
 
-def assert_invariants(conversation: MessageList, original: list[dict[str, Any]], ok: bool) -> None:
-    """No user message lost or duplicated, no partial reply, at most one reminder per repair."""
+def assert_invariants(
+    conversation: MessageList, original: list[dict[str, Any]], ok: bool, repairs: int = 0
+) -> None:
+    """No user message lost or duplicated, no partial reply, one reminder per prefill repair."""
     visible = conversation.to_ui()
     expected = [*original]
     if ok:
@@ -48,7 +52,7 @@ def assert_invariants(conversation: MessageList, original: list[dict[str, Any]],
         )
     assert visible == expected
     reminders = [m for m in conversation if is_system_reminder(m)]
-    assert len(reminders) <= 1
+    assert len(reminders) == repairs
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Case:
     faults: tuple[Fault, ...]
     requests: int
     waits: tuple[float, ...] | None = None  # None: backoff, checked by count and range only
+    wait_range: tuple[float, float] = (0.5, 8.5)
     error: type[BaseException] | None = None
     agent_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -78,6 +83,18 @@ TRANSIENT_CASES = [
         2,
         (2.0,),
         agent_kwargs={"max_retry_delay": 2},
+    ),
+    Case(
+        "429 retry-after http date",
+        (Fault(429, headers={"retry-after": HTTP_DATE_IN_30S}),),
+        2,
+        wait_range=(20.0, 30.0),
+    ),
+    Case(
+        "x-should-retry false",
+        (Fault(529, headers={"x-should-retry": "false"}),),
+        1,
+        error=anthropic.OverloadedError,
     ),
     Case("two 529 then ok", (Fault(529), Fault(529)), 3),
     Case("dropped connection", (Fault.disconnect(),), 2),
@@ -114,7 +131,8 @@ async def test_transient_faults(harness: Harness, case: Case) -> None:
     if case.waits is not None:
         assert tuple(harness.waits) == case.waits
     else:
-        assert all(0.5 <= wait <= 8.5 for wait in harness.waits)
+        low, high = case.wait_range
+        assert all(low <= wait <= high for wait in harness.waits)
     assert_invariants(conversation, USER_ONLY, ok=case.error is None)
     if harness.streaming:
         assert harness.received == ([] if case.error else _chunks(DEFAULT_REPLY_TEXT))
@@ -126,8 +144,8 @@ def _chunks(text: str) -> list[str]:
 
 async def test_stall_past_the_client_timeout_is_retried(harness: Harness) -> None:
     """A server that stalls past the client timeout: APITimeoutError, retried, then success."""
-    harness.emulator.script(Fault.stall(2.0))
-    agent = harness.agent(client_kwargs={"timeout": 0.3})
+    harness.emulator.script(Fault.stall(5.0))
+    agent = harness.agent(client_kwargs={"timeout": 1.0})
     conversation = MessageList(USER_ONLY)
     result = await harness.run(agent, conversation)
     assert isinstance(result.attempts[0].error, anthropic.APITimeoutError)
@@ -145,7 +163,7 @@ async def test_prefill_rejection_is_repaired_once(harness: Harness) -> None:
     assert harness.retries[0].processor_id == "prefill-error-handler"
     assert harness.waits == []
     assert result.retried_by == ("prefill-error-handler",)
-    assert_invariants(conversation, ENDS_WITH_ASSISTANT, ok=True)
+    assert_invariants(conversation, ENDS_WITH_ASSISTANT, ok=True, repairs=1)
     assert all(r.body.get("stream", False) is harness.streaming for r in harness.emulator.requests)
 
 
@@ -158,7 +176,7 @@ async def test_transient_then_repair_in_one_generation(harness: Harness) -> None
     assert len(harness.emulator.message_requests) == 3
     assert [d.kind for d in harness.retries] == ["transient", "processor"]
     assert [a.retry for a in result.attempts] == ["transient", "processor", None]
-    assert_invariants(conversation, ENDS_WITH_ASSISTANT, ok=True)
+    assert_invariants(conversation, ENDS_WITH_ASSISTANT, ok=True, repairs=1)
 
 
 async def test_persistent_prefill_rejection_raises_after_two(harness: Harness) -> None:
@@ -169,7 +187,7 @@ async def test_persistent_prefill_rejection_raises_after_two(harness: Harness) -
     with pytest.raises(anthropic.BadRequestError):
         await harness.run(agent, conversation)
     assert len(harness.emulator.message_requests) == 2
-    assert_invariants(conversation, ENDS_WITH_ASSISTANT, ok=False)
+    assert_invariants(conversation, ENDS_WITH_ASSISTANT, ok=False, repairs=1)
 
 
 async def test_validation_error_is_not_retried(harness: Harness) -> None:
@@ -241,9 +259,10 @@ async def test_dropped_connection_after_content_is_not_retried(harness: Harness)
         assert len(harness.emulator.message_requests) == 2
         assert_invariants(conversation, USER_ONLY, ok=True)
         return
-    with pytest.raises(Exception) as info:  # noqa: PT011 - the raw transport error escapes
+    with pytest.raises(anthropic.APIConnectionError) as info:
         await harness.run(harness.agent(), conversation)
     assert partial_text(info.value) == REPLY_CHUNKS[0]
+    assert isinstance(info.value.__cause__, httpx2.TransportError)
     assert len(harness.emulator.message_requests) == 1
     assert_invariants(conversation, USER_ONLY, ok=False)
 
@@ -266,6 +285,87 @@ async def test_cancelling_during_backoff_leaves_no_task_and_a_consistent_history
         agent = Agent("claude-opus-4-6", client=client, sleep=sleep_forever)
         before = set(asyncio.all_tasks())
         task = asyncio.create_task(agent.agenerate(conversation))
+        await waiting.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)
+        assert set(asyncio.all_tasks()) == before
+    assert len(anthropic_emulator.message_requests) == 1
+    assert conversation.to_api() == USER_ONLY
+
+
+async def test_exhausted_disconnects_reach_the_processors_as_api_errors(harness: Harness) -> None:
+    """Streams and plain calls alike: a dropped connection is an APIConnectionError, and once
+    the transient budget is spent, the processors see it."""
+
+    class Seen:
+        id = "seen"
+
+        def __init__(self) -> None:
+            self.errors: list[BaseException] = []
+
+        def process_api_error(
+            self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+        ) -> ProcessAPIErrorResult | None:
+            self.errors.append(error)
+            return None
+
+    seen = Seen()
+    harness.emulator.script(*(Fault.disconnect(),) * 3)
+    with pytest.raises(anthropic.APIConnectionError):
+        await harness.run(harness.agent(error_processors=[seen]), USER_ONLY)
+    assert len(harness.emulator.message_requests) == 3
+    assert [type(e) for e in seen.errors] == [anthropic.APIConnectionError]
+
+
+async def test_on_retry_details_and_the_log_line(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hooks get the failed attempt's number, error and request id; the INFO log names them."""
+    import logging
+
+    harness.emulator.script(Fault(529, headers={"retry-after-ms": "5"}))
+    agent = harness.agent(error_processors=[PrefillErrorHandler()])
+    with caplog.at_level(logging.INFO, logger="prefill_guard"):
+        await harness.run(agent, MessageList(ENDS_WITH_ASSISTANT))
+    first, second = harness.retries
+    assert (first.kind, first.attempt, first.wait) == ("transient", 1, 0.005)
+    assert isinstance(first.error, anthropic.OverloadedError)
+    assert first.request_id == first.error.request_id
+    assert first.request_id is not None
+    assert (second.kind, second.attempt, second.processor_id) == (
+        "processor",
+        2,
+        "prefill-error-handler",
+    )
+    assert isinstance(second.error, anthropic.BadRequestError)
+    lines = [r.getMessage() for r in caplog.records if r.name == "prefill_guard"]
+    assert any(first.request_id in line and "transient" in line for line in lines)
+    assert not any("Tell me a joke" in line or "Why did the" in line for line in lines)
+
+
+async def test_cancelling_astream_during_backoff(anthropic_emulator: Any) -> None:
+    """Cancel astream while it waits to retry a 529: no stray task, history as it was."""
+    from prefill_guard import Agent
+
+    anthropic_emulator.script(Fault(529))
+    waiting = asyncio.Event()
+
+    async def sleep_forever(seconds: float) -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    conversation = MessageList(USER_ONLY)
+
+    async def consume(agent: Agent) -> None:
+        async with agent.astream(conversation) as stream:
+            await stream.get_final_message()
+
+    async with anthropic_emulator.async_client() as client:
+        agent = Agent("claude-opus-4-6", client=client, sleep=sleep_forever)
+        before = set(asyncio.all_tasks())
+        task = asyncio.create_task(consume(agent))
         await waiting.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -150,3 +150,21 @@ def test_retry_log_line_has_the_request_id_but_no_contents(
     assert "BadRequestError (400)" in message
     assert "secret" not in message
     assert "sk-ant" not in message
+
+
+@pytest.mark.parametrize(
+    "header", [{"retry-after": "nan"}, {"retry-after-ms": "NaN"}, {"retry-after": "inf"}]
+)
+def test_non_finite_retry_after_falls_back_to_backoff(header: dict[str, str]) -> None:
+    """NaN or infinite delays are ignored instead of crashing the sleep."""
+    assert retry_after(make_api_error(429, headers=header)) is None
+
+
+def test_async_on_retry_hooks_are_refused() -> None:
+    """A coroutine hook would never be awaited: it is refused when the Agent is built."""
+
+    async def hook(details: RetryDetails) -> None:
+        return None
+
+    with pytest.raises(TypeError, match=r"on_retry\[0\]: .* is async"):
+        RetryPolicy(on_retry=[hook])  # type: ignore[list-item]

@@ -134,3 +134,52 @@ def test_stream_with_a_wrong_client_kind(anthropic_emulator: AnthropicEmulator) 
     aclient = anthropic.AsyncAnthropic(api_key="k", base_url=anthropic_emulator.base_url)
     with pytest.raises(TypeError, match="synchronous client"):
         Agent(MODEL, client=aclient).stream("hi")
+
+
+def test_using_a_stream_after_its_block_is_a_clear_error(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """After the with block closed it, an unfinished stream raises and stores nothing."""
+    conversation = MessageList([{"role": "user", "content": "hi"}])
+    with anthropic_emulator.client() as client:
+        with Agent(MODEL, client=client).stream(conversation) as stream:
+            pass
+        with pytest.raises(RuntimeError, match="closed before it finished; nothing was stored"):
+            stream.get_final_message()
+    assert len(conversation) == 1
+
+
+async def test_breaking_out_early_stores_nothing(anthropic_emulator: AnthropicEmulator) -> None:
+    """A consumer that stops after the first text: no reply stored, the stream is closed."""
+    conversation = MessageList([{"role": "user", "content": "hi"}])
+    async with anthropic_emulator.async_client() as client:
+        async with Agent(MODEL, client=client).astream(conversation) as stream:
+            async for _ in stream.text_stream:
+                break
+        with pytest.raises(RuntimeError, match="closed before it finished"):
+            await stream.get_final_message()
+    assert len(conversation) == 1
+
+
+def test_final_message_after_partial_iteration(anthropic_emulator: AnthropicEmulator) -> None:
+    """Reading some text, then get_final_message(): the whole reply, stored once."""
+    conversation = MessageList([{"role": "user", "content": "hi"}])
+    with (
+        anthropic_emulator.client() as client,
+        Agent(MODEL, client=client).stream(conversation) as stream,
+    ):
+        first = next(iter(stream.text_stream))
+        final = stream.get_final_message()
+    assert DEFAULT_REPLY_TEXT.startswith(first)
+    assert final.content[0].type == "text"
+    assert final.content[0].text == DEFAULT_REPLY_TEXT
+    assert len(conversation) == 2
+
+
+def test_streamed_attempts_record_the_request_id(anthropic_emulator: AnthropicEmulator) -> None:
+    """The successful streamed attempt carries the response's request-id, like generate's."""
+    with anthropic_emulator.client() as client, Agent(MODEL, client=client).stream("hi") as stream:
+        stream.get_final_message()
+    request_id = stream.result.attempts[-1].request_id
+    assert request_id is not None
+    assert request_id.startswith("req_")
