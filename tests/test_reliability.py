@@ -11,6 +11,7 @@ import asyncio
 import email.utils
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +61,7 @@ class Case:
     """One fault scenario: what the emulator answers, and what must come of it."""
 
     name: str
-    faults: tuple[Fault, ...]
+    faults: tuple[Fault, ...] | Callable[[], tuple[Fault, ...]]  # a callable: made at run time
     requests: int
     waits: tuple[float, ...] | None = None  # None: backoff, checked by count and range only
     wait_range: tuple[float, float] = (0.5, 8.5)
@@ -68,7 +69,10 @@ class Case:
     agent_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-HTTP_DATE_IN_30S = email.utils.formatdate(time.time() + 30, usegmt=True)
+def _retry_after_http_date_in_30s() -> tuple[Fault, ...]:
+    date = email.utils.formatdate(time.time() + 30, usegmt=True)
+    return (Fault(429, headers={"retry-after": date}),)
+
 
 TRANSIENT_CASES = [
     Case("529 once", (Fault(529),), 2),
@@ -86,9 +90,9 @@ TRANSIENT_CASES = [
     ),
     Case(
         "429 retry-after http date",
-        (Fault(429, headers={"retry-after": HTTP_DATE_IN_30S}),),
+        _retry_after_http_date_in_30s,
         2,
-        wait_range=(20.0, 30.0),
+        wait_range=(25.0, 30.0),
     ),
     Case(
         "x-should-retry false",
@@ -114,7 +118,7 @@ TRANSIENT_CASES = [
 @pytest.mark.parametrize("case", TRANSIENT_CASES, ids=lambda c: c.name)
 async def test_transient_faults(harness: Harness, case: Case) -> None:
     """Transient faults are retried with the right waits, within max_retries, and lose nothing."""
-    harness.emulator.script(*case.faults)
+    harness.emulator.script(*(case.faults() if callable(case.faults) else case.faults))
     conversation = MessageList(USER_ONLY)
     agent = harness.agent(error_processors=[PrefillErrorHandler()], **case.agent_kwargs)
     if case.error is None:
