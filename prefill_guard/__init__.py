@@ -21,6 +21,7 @@ from .processors import (
     is_prefill_rejection,
 )
 from .retries import OnRetry, RetryDetails, is_transient
+from .stores import MemoryStore, SQLiteStore, StoreError, ThreadStore
 from .streaming import AgentStream, AsyncAgentStream, partial_text
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "AsyncAgentStream",
     "Attempt",
     "ErrorProcessorMiddleware",
+    "MemoryStore",
     "MessageList",
     "OnRetry",
     "ParamsProcessor",
@@ -46,6 +48,9 @@ __all__ = [
     "RequestParams",
     "RetryDetails",
     "RunResult",
+    "SQLiteStore",
+    "StoreError",
+    "ThreadStore",
     "api_error_type",
     "api_message",
     "guard",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -11,10 +12,11 @@ from typing import Any
 import anthropic
 from anthropic._base_client import AsyncAPIClient, SyncAPIClient
 
-from .messages import MessageList
+from .messages import MessageList, RawMessage
 from .pipeline import AnyProcessor, Generation, Pipeline, RunResult
 from .processors import RequestParams
 from .retries import OnRetry, RetryPolicy, acall_with_retries, call_with_retries
+from .stores import ThreadStore
 from .streaming import AgentStream, AsyncAgentStream, AsyncClient, SyncClient
 
 __all__ = ["Agent", "AnthropicClient"]
@@ -64,6 +66,7 @@ class Agent:
         max_retry_delay: float = 60.0,
         on_retry: Iterable[OnRetry] = (),
         sleep: Callable[[float], object] | None = None,
+        store: ThreadStore | None = None,
         max_tokens: int = 1024,
         **default_params: Any,
     ) -> None:
@@ -72,6 +75,9 @@ class Agent:
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
         _check_params(default_params, "Agent()")
+        if store is not None and not isinstance(store, ThreadStore):
+            raise TypeError(f"store must be a ThreadStore (e.g. SQLiteStore), got {store!r}")
+        self._store = store
         self._model = model
         self._instructions = instructions
         self._name = name or model
@@ -109,6 +115,11 @@ class Agent:
         return MappingProxyType(self._defaults)
 
     @property
+    def store(self) -> ThreadStore | None:
+        """Where threads are kept, for calls with ``thread_id=``."""
+        return self._store
+
+    @property
     def pipeline(self) -> Pipeline:
         """The processors and their cap."""
         return self._pipeline
@@ -122,48 +133,84 @@ class Agent:
         ids = [getattr(p, "id", "?") for p in self.pipeline.processors]
         return f"Agent(model={self.model!r}, name={self.name!r}, error_processors={ids})"
 
-    def generate(self, messages: MessagesInput, **params: Any) -> RunResult:
+    def generate(
+        self, messages: MessagesInput | None = None, *, thread_id: str | None = None, **params: Any
+    ) -> RunResult:
         """Run one generation synchronously and return its :class:`RunResult`.
 
         ``messages`` is a str (one user message), a list of message dicts (copied, never
         changed) or a :class:`MessageList` (the conversation itself: extended in place).
-        ``params`` override the Agent's defaults for this call. When neither retry layer
-        retries, the original SDK exception is raised.
+        With ``thread_id`` (and a ``store`` on the Agent), ``messages`` is the *new* input,
+        saved before the request is sent; the thread's history is loaded and the reminders
+        and reply are saved once the run succeeds. ``messages`` may then be omitted: the
+        model replies again to the thread as it is. ``params`` override the Agent's defaults
+        for this call. When neither retry layer retries, the original SDK exception is raised.
         """
         client = self._sync_client_for("generate")
-        generation = self._begin("generate", messages, params)
+        generation, thread = self._begin("generate", messages, params, thread_id)
         message = call_with_retries(
             generation, self._retry_policy, lambda request: client.messages.create(**request)
         )
-        return generation.succeeded(message)
+        result = generation.succeeded(message)
+        if thread is not None:
+            thread.save()
+        return result
 
-    async def agenerate(self, messages: MessagesInput, **params: Any) -> RunResult:
+    async def agenerate(
+        self, messages: MessagesInput | None = None, *, thread_id: str | None = None, **params: Any
+    ) -> RunResult:
         """The async twin of :meth:`generate`; ``async def`` processors are awaited."""
         client = self._async_client_for("agenerate")
-        generation = self._begin("agenerate", messages, params)
+        if thread_id is None:
+            generation, thread = self._begin("agenerate", messages, params, None)
+        else:  # a store may block: read and write it off the event loop
+            generation, thread = await asyncio.to_thread(
+                self._begin, "agenerate", messages, params, thread_id
+            )
         message = await acall_with_retries(
             generation, self._retry_policy, lambda request: client.messages.create(**request)
         )
-        return generation.succeeded(message)
+        result = generation.succeeded(message)
+        if thread is not None:
+            await asyncio.to_thread(thread.save)
+        return result
 
-    def stream(self, messages: MessagesInput, **params: Any) -> AgentStream:
+    def stream(
+        self, messages: MessagesInput | None = None, *, thread_id: str | None = None, **params: Any
+    ) -> AgentStream:
         """Stream one generation: ``with agent.stream(messages) as stream:``.
 
         The request is sent when the block is entered; failures before any content reaches
-        you are retried like :meth:`generate`'s. See :class:`~prefill_guard.AgentStream`.
+        you are retried like :meth:`generate`'s. ``thread_id`` works as in :meth:`generate`
+        (the reply is saved when the stream has been read to the end). See
+        :class:`~prefill_guard.AgentStream`.
         """
         client = self._sync_client_for("stream")
-        return AgentStream(client, self._begin("stream", messages, params), self._retry_policy)
+        generation, thread = self._begin("stream", messages, params, thread_id)
+        on_finish = None if thread is None else thread.save
+        return AgentStream(client, generation, self._retry_policy, on_finish=on_finish)
 
-    def astream(self, messages: MessagesInput, **params: Any) -> AsyncAgentStream:
-        """The async twin of :meth:`stream`: ``async with agent.astream(messages) as stream:``."""
+    def astream(
+        self, messages: MessagesInput | None = None, *, thread_id: str | None = None, **params: Any
+    ) -> AsyncAgentStream:
+        """The async twin of :meth:`stream`: ``async with agent.astream(messages) as stream:``.
+
+        With ``thread_id`` the store is read here, synchronously; the reply is saved off the
+        event loop.
+        """
         client = self._async_client_for("astream")
-        return AsyncAgentStream(
-            client, self._begin("astream", messages, params), self._retry_policy
-        )
+        generation, thread = self._begin("astream", messages, params, thread_id)
+        on_finish = None if thread is None else thread.save
+        return AsyncAgentStream(client, generation, self._retry_policy, on_finish=on_finish)
 
     # -- internals -------------------------------------------------------------------
-    def _begin(self, method: str, messages: MessagesInput, params: dict[str, Any]) -> Generation:
+    def _begin(
+        self,
+        method: str,
+        messages: MessagesInput | None,
+        params: dict[str, Any],
+        thread_id: str | None,
+    ) -> tuple[Generation, _ThreadRun | None]:
         caller = f"Agent.{method}()"
         _check_params(params, caller)
         if method in ("generate", "stream"):
@@ -172,7 +219,17 @@ class Agent:
         if self._instructions is not None:
             merged["system"] = self._instructions
         merged.update(params)
-        return self._pipeline.begin(_as_message_list(messages), copy.deepcopy(merged))
+        thread = None
+        if thread_id is not None:
+            if self._store is None:
+                raise ValueError(f"{caller}: thread_id needs a store, e.g. Agent(store=...)")
+            thread = _ThreadRun(self._store, thread_id, messages, caller)
+            conversation = thread.history
+        elif messages is None:
+            raise TypeError(f"{caller} needs messages, or a thread_id to continue a thread")
+        else:
+            conversation = _as_message_list(messages)
+        return self._pipeline.begin(conversation, copy.deepcopy(merged)), thread
 
     def _sync_client_for(self, method: str) -> SyncClient:
         if self._client_kind == "async":
@@ -195,6 +252,34 @@ class Agent:
             if self._async_client is None:
                 self._async_client = anthropic.AsyncAnthropic(max_retries=0)
             return self._async_client  # type: ignore[return-value]
+
+
+class _ThreadRun:
+    """One run on a stored thread: input saved first, the rest saved only on success."""
+
+    def __init__(
+        self, store: ThreadStore, thread_id: str, messages: MessagesInput | None, caller: str
+    ) -> None:
+        if messages is not None:
+            store.append(thread_id, list(_as_message_list(messages)))  # saved even if the run fails
+        self.history = store.load(thread_id)
+        if len(self.history) == 0:
+            raise ValueError(f"{caller}: thread {thread_id!r} is empty and no messages were given")
+        self._store = store
+        self._thread_id = thread_id
+        # Holding the loaded messages keeps their id()s from being reused by new messages
+        # after a processor drops one of them.
+        self._loaded_messages = list(self.history)
+        self._loaded = {id(message) for message in self._loaded_messages}
+
+    def unsaved(self) -> list[RawMessage]:
+        """Messages the run added after the last stored one that is still in the list."""
+        positions = [i for i, m in enumerate(self.history) if id(m) in self._loaded]
+        start = positions[-1] + 1 if positions else 0
+        return [m for m in self.history[start:] if id(m) not in self._loaded]
+
+    def save(self) -> None:
+        self._store.append(self._thread_id, self.unsaved())
 
 
 def _check_params(params: dict[str, Any], where: str) -> None:

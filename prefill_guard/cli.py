@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import anthropic
@@ -16,6 +20,7 @@ from .errors import api_message
 from .messages import is_system_reminder
 from .pipeline import RunResult
 from .processors import PrefillErrorHandler
+from .stores import StoreError
 
 __all__ = ["main"]
 
@@ -103,6 +108,116 @@ def _run_demo(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _fault(text: str) -> Any:
+    """Parse one --fault: STATUS[:header=value,...] | sse-error[:AFTER] | disconnect[:AFTER] |
+    stall:SECONDS."""
+    from .testing import Fault
+
+    kind, _, arg = text.partition(":")
+    try:
+        if kind == "sse-error":
+            return Fault.sse_error(after_deltas=int(arg or 0))
+        if kind == "disconnect":
+            return Fault.disconnect(after_deltas=int(arg or 0))
+        if kind == "stall":
+            return Fault.stall(float(arg))
+        headers = dict(pair.split("=", 1) for pair in arg.split(",") if pair)
+        return Fault(int(kind), headers=headers)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"bad fault {text!r} ({exc}); expected STATUS[:header=value,...], "
+            "sse-error[:AFTER_DELTAS], disconnect[:AFTER_DELTAS] or stall:SECONDS"
+        ) from None
+
+
+def _run_emulator(args: argparse.Namespace, out: TextIO) -> int:
+    from .testing import AnthropicEmulator
+
+    try:
+        emulator = AnthropicEmulator(
+            no_prefill_models=args.no_prefill_model or None, host=args.host, port=args.port
+        ).start()
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    emulator.script(*args.fault)
+    rule = ", ".join(args.no_prefill_model) if args.no_prefill_model else "the 4.6+ families"
+    print(f"Anthropic API emulator on {emulator.base_url} (no prefill for: {rule})", file=out)
+    print("Point a client at it with ANTHROPIC_BASE_URL; Ctrl-C stops it.", file=out, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        emulator.stop()
+    print(f"Served {len(emulator.requests)} requests.", file=out)
+    return 0
+
+
+def _chat_client(args: argparse.Namespace, stack: contextlib.ExitStack) -> anthropic.Anthropic:
+    if args.emulator:
+        from .testing import AnthropicEmulator
+
+        return stack.enter_context(stack.enter_context(AnthropicEmulator()).client())
+    if not os.environ.get("ANTHROPIC_API_KEY"):
+        raise UsageError("chat needs ANTHROPIC_API_KEY (or --emulator to try it offline)")
+    return stack.enter_context(anthropic.Anthropic())
+
+
+def _run_chat(args: argparse.Namespace, out: TextIO) -> int:
+    from .adaptive import AdaptivePrefillGuard
+    from .stores import SQLiteStore
+
+    interactive = sys.stdin.isatty()
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(SQLiteStore(args.db))
+        client = _chat_client(args, stack)
+        agent = Agent(
+            args.model,
+            client=client,
+            store=store,
+            error_processors=[AdaptivePrefillGuard(), PrefillErrorHandler()],
+        )
+        if interactive:
+            print("An empty line asks for another reply; Ctrl-D ends the chat.", file=out)
+        while True:
+            if interactive:
+                print("you> ", end="", file=out, flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                break
+            text = line.rstrip("\n")
+            before = len(store.load(args.thread)) if args.show_hidden else 0
+            with agent.stream(text or None, thread_id=args.thread) as stream:
+                print("assistant> ", end="", file=out, flush=True)
+                for piece in stream.text_stream:
+                    print(piece, end="", file=out, flush=True)
+                print(file=out)
+            if args.show_hidden:
+                for message in store.load(args.thread)[before:]:
+                    if is_system_reminder(message):
+                        print(f"   (hidden){_format_message(message)}", file=out)
+    return 0
+
+
+def _run_history(args: argparse.Namespace, out: TextIO) -> int:
+    from .stores import SQLiteStore
+
+    if not Path(args.db).exists():
+        raise UsageError(f"{args.db}: no such thread database")
+    with SQLiteStore(args.db) as store:
+        messages = store.recall(args.thread, include_system_reminders=args.raw)
+        if not messages and args.thread not in store.list_threads():
+            raise UsageError(f"{args.db} has no thread {args.thread!r}")
+    if args.json:
+        print(json.dumps(messages, indent=2, ensure_ascii=False), file=out)
+    else:
+        for message in messages:
+            print(_format_message(message), file=out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     parser = argparse.ArgumentParser(
@@ -125,7 +240,72 @@ def build_parser() -> argparse.ArgumentParser:
         help="talk to the real Anthropic API (needs ANTHROPIC_API_KEY)",
     )
     demo.add_argument("--model", default=DEFAULT_DEMO_MODEL, help="model name (%(default)s)")
+
+    emulator = commands.add_parser(
+        "emulator",
+        help="serve the Anthropic API emulator (Claude 4.6 behaviour, locally)",
+        description=(
+            "Serve the Messages API emulator until stopped, so any client in any language "
+            "can be tested against Claude 4.6-and-later behaviour offline."
+        ),
+    )
+    emulator.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    emulator.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    emulator.add_argument(
+        "--no-prefill-model",
+        action="append",
+        metavar="MODEL",
+        help="a model that rejects prefill (repeatable; default: the 4.6-and-later families)",
+    )
+    emulator.add_argument(
+        "--fault",
+        action="append",
+        type=_fault,
+        default=[],
+        metavar="FAULT",
+        help=(
+            "answer the next request with a fault (repeatable, in order): STATUS"
+            "[:header=value,...] (e.g. 529, 429:retry-after=3), sse-error[:AFTER_DELTAS], "
+            "disconnect[:AFTER_DELTAS] or stall:SECONDS"
+        ),
+    )
+
+    chat = commands.add_parser(
+        "chat",
+        help="chat in a thread kept in a SQLite file",
+        description=(
+            "An interactive chat that keeps its thread in a SQLite file. An empty line asks "
+            "the model to reply again without new input (the case that meets the prefill 400)."
+        ),
+    )
+    chat.add_argument("--db", required=True, help="the thread database (created if missing)")
+    chat.add_argument("--thread", required=True, help="the thread id")
+    chat.add_argument("--model", default=DEFAULT_DEMO_MODEL, help="model name (%(default)s)")
+    chat.add_argument(
+        "--show-hidden", action="store_true", help="also print hidden system reminders"
+    )
+    chat.add_argument(
+        "--emulator", action="store_true", help="talk to the embedded emulator, not the API"
+    )
+
+    history = commands.add_parser(
+        "history",
+        help="print a stored thread",
+        description="Print a thread: the UI view by default, the raw one with --raw.",
+    )
+    history.add_argument("--db", required=True, help="the thread database")
+    history.add_argument("--thread", required=True, help="the thread id")
+    history.add_argument("--raw", action="store_true", help="include hidden system reminders")
+    history.add_argument("--json", action="store_true", help="print the messages as JSON")
     return parser
+
+
+_COMMANDS = {
+    "demo": _run_demo,
+    "emulator": _run_emulator,
+    "chat": _run_chat,
+    "history": _run_history,
+}
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
@@ -137,10 +317,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         parser.print_help(out)
         return 2
     try:
-        return _run_demo(args, out)
+        return _COMMANDS[args.command](args, out)
     except UsageError as exc:
         print(f"prefill-guard: error: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"prefill-guard: error: {exc}", file=sys.stderr)
+        return 1
     except anthropic.APIConnectionError as exc:
         print(f"prefill-guard: error: could not reach the API ({exc})", file=sys.stderr)
         return 1
@@ -148,6 +331,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         text = api_message(exc) or str(exc)
         print(f"prefill-guard: error: the API answered {exc.status_code}: {text}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

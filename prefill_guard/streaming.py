@@ -10,11 +10,12 @@ assistant message is put into the conversation. A new SDK stream manager is made
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -186,8 +187,16 @@ class AgentStream:
     The request is sent when the ``with`` block is entered.
     """
 
-    def __init__(self, client: SyncClient, generation: Generation, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        client: SyncClient,
+        generation: Generation,
+        policy: RetryPolicy,
+        *,
+        on_finish: Callable[[], None] | None = None,
+    ) -> None:
         self._client = client
+        self._on_finish = on_finish
         self._policy = policy
         self._tracker = _Tracker(generation)
         self._manager: MessageStreamManager | None = None
@@ -234,6 +243,8 @@ class AgentStream:
                 raise
             raise converted from error
         tracker.finish(stream.get_final_message(), stream.request_id)
+        if self._on_finish is not None:
+            self._on_finish()
 
     @property
     def text_stream(self) -> Iterator[str]:
@@ -255,8 +266,16 @@ class AgentStream:
 class AsyncAgentStream:
     """The async twin of :class:`AgentStream`: ``async with agent.astream(messages) as s:``."""
 
-    def __init__(self, client: AsyncClient, generation: Generation, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        generation: Generation,
+        policy: RetryPolicy,
+        *,
+        on_finish: Callable[[], None] | None = None,
+    ) -> None:
         self._client = client
+        self._on_finish = on_finish
         self._policy = policy
         self._tracker = _Tracker(generation)
         self._manager: AsyncMessageStreamManager | None = None
@@ -303,6 +322,8 @@ class AsyncAgentStream:
                 raise
             raise converted from error
         tracker.finish(await stream.get_final_message(), stream.request_id)
+        if self._on_finish is not None:
+            await asyncio.to_thread(self._on_finish)  # a store may block: keep it off the loop
 
     @property
     def text_stream(self) -> AsyncIterator[str]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from typing import Any
+
+import pytest
 
 from prefill_guard.testing import AnthropicEmulator
 
@@ -81,3 +85,162 @@ def test_help_and_bad_arguments() -> None:
     assert bad.returncode == 2
     assert "unrecognized arguments: --frobnicate" in bad.stderr
     assert _run().returncode == 2
+
+
+def _env_for(emulator: AnthropicEmulator) -> dict[str, str]:
+    return {"ANTHROPIC_API_KEY": "k", "ANTHROPIC_BASE_URL": emulator.base_url}
+
+
+def test_emulator_command_serves_until_terminated() -> None:
+    """`emulator` prints its URL, answers like the API (faults first), and stops on SIGTERM."""
+    import signal
+
+    import anthropic
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefill_guard",
+            "emulator",
+            "--fault",
+            "529",
+            "--no-prefill-model",
+            "acme",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=base,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        assert "(no prefill for: acme)" in first
+        url = first.split(" on ")[1].split(" ")[0]
+        with anthropic.Anthropic(api_key="k", base_url=url, max_retries=0) as client:
+            hi: Any = [{"role": "user", "content": "hi"}]
+            with pytest.raises(anthropic.OverloadedError):
+                client.messages.create(model="acme", max_tokens=8, messages=hi)
+            client.messages.create(model="acme", max_tokens=8, messages=hi)
+            with pytest.raises(anthropic.BadRequestError, match="prefill"):
+                client.messages.create(
+                    model="acme",
+                    max_tokens=8,
+                    messages=[
+                        {"role": "user", "content": "hi"},
+                        {"role": "assistant", "content": "a"},
+                    ],
+                )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert "Served 3 requests." in out
+
+
+def test_emulator_command_rejects_a_bad_fault() -> None:
+    """A fault it cannot read is a usage error naming the accepted forms."""
+    result = _run("emulator", "--fault", "overloaded")
+    assert result.returncode == 2
+    assert "bad fault 'overloaded'" in result.stderr
+
+
+def test_chat_through_stdin_then_history(tmp_path: Any) -> None:
+    """A chat driven through stdin: a message, then an empty line (reply again, which meets the
+    prefill 400 and recovers); `history` shows the UI view, --raw the reminder, --json JSON."""
+    db = str(tmp_path / "threads.db")
+    with AnthropicEmulator() as emulator:
+        chat = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "prefill_guard",
+                "chat",
+                "--db",
+                db,
+                "--thread",
+                "t1",
+                "--show-hidden",
+            ],
+            input="Hello there\n\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **_env_for(emulator)},
+            check=False,
+        )
+        assert chat.returncode == 0, chat.stderr
+        assert len(emulator.message_requests) == 2  # the built-in list knows claude-opus-4-6
+    assert chat.stdout.count("assistant> Hello from the prefill_guard emulator.") == 2
+    assert "(hidden)" in chat.stdout
+    assert "you>" not in chat.stdout  # plain output when stdin is not a terminal
+
+    ui = _run("history", "--db", db, "--thread", "t1")
+    assert ui.returncode == 0
+    assert [line.split(":")[0].strip() for line in ui.stdout.splitlines()] == [
+        "user",
+        "assistant",
+        "assistant",
+    ]
+    raw = _run("history", "--db", db, "--thread", "t1", "--raw")
+    assert "<system-reminder>continue</system-reminder>  (hidden)" in raw.stdout
+    as_json = json.loads(_run("history", "--db", db, "--thread", "t1", "--raw", "--json").stdout)
+    assert as_json[2]["metadata"] == {
+        "systemReminder": {"type": "anthropic-prefill-processor-retry"}
+    }
+
+
+def test_chat_offline_with_the_embedded_emulator(tmp_path: Any) -> None:
+    """`chat --emulator` needs no key and no network."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefill_guard",
+            "chat",
+            "--emulator",
+            "--db",
+            str(tmp_path / "c.db"),
+            "--thread",
+            "x",
+        ],
+        input="hi\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "assistant> Hello from the prefill_guard emulator." in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (("chat", "--db", "{db}", "--thread", "t"), 2, "chat needs ANTHROPIC_API_KEY"),
+        (("history", "--db", "{missing}", "--thread", "t"), 2, "no such thread database"),
+        (("history", "--db", "{db}", "--thread", "nope"), 2, "has no thread 'nope'"),
+        (("history", "--db", "{foreign}", "--thread", "t"), 1, "is not a prefill_guard"),
+        (("history", "--db", "{db}"), 2, "the following arguments are required: --thread"),
+    ],
+)
+def test_command_errors_are_one_clear_line(
+    tmp_path: Any, args: tuple[str, ...], code: int, text: str
+) -> None:
+    """Bad arguments, a missing key, a missing or foreign file: exit code and one line."""
+    from prefill_guard import SQLiteStore
+
+    db = tmp_path / "ok.db"
+    with SQLiteStore(db) as store:
+        store.append("t", [{"role": "user", "content": "hi"}])
+    foreign = tmp_path / "notes.db"
+    foreign.write_text("just some text, not a database\n" * 100)
+    paths = {"db": str(db), "missing": str(tmp_path / "missing.db"), "foreign": str(foreign)}
+    result = _run(*(arg.format(**paths) for arg in args))
+    assert result.returncode == code
+    lines = result.stderr.strip().splitlines()
+    assert text in lines[-1]
+    assert "Traceback" not in result.stderr
+    assert len([line for line in lines if ": error: " in line]) == 1
