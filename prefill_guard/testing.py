@@ -6,6 +6,21 @@ including the 400 that Claude 4.6-and-later models give for an assistant-message
 streams ``"stream": true`` requests as chunked server-sent events in the API's event order. It
 can be scripted with `Fault` answers to exercise retry logic: HTTP errors (529, 429 with
 retry-after, HTML 502 pages, ...), ``error`` events mid-stream, dropped connections and stalls.
+
+Model-specific rejections (prefill, ``temperature`` with ``top_p``, deprecated sampling
+parameters, ``thinking.type.enabled``, forced ``tool_choice``, orphaned ``tool_use`` blocks and
+the whitespace rules) are *rules*, each applied to the models its predicate selects; see
+`RULE_NAMES`, `DEFAULT_RULES` and ``AnthropicEmulator(rules=...)``. An optional
+``max_input_tokens`` answers the API's "prompt is too long" 400.
+
+Validation order (the first failing check answers, as the API reports one error at a time):
+
+1. authentication, the JSON body, top-level fields and each message's shape;
+2. request-parameter rules: ``sampling_deprecated``, ``temperature_top_p``,
+   ``thinking_enabled`` (plus the adaptive-thinking and effort shapes), ``forced_tool_choice``;
+3. conversation rules, message by message: ``orphaned_tool_use``, then empty content and
+   ``blank_text``, then ``prefill`` and ``trailing_whitespace`` for a final assistant message;
+4. the prompt length (``max_input_tokens``).
 """
 
 from __future__ import annotations
@@ -26,6 +41,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
 from urllib.parse import urlsplit
 
@@ -34,13 +50,30 @@ import httpx2
 
 __all__ = [
     "DEFAULT_REPLY_TEXT",
+    "DEFAULT_RULES",
+    "FORCED_TOOL_CHOICE_MESSAGE",
     "PREFILL_MESSAGE",
+    "RULE_NAMES",
+    "TEMPERATURE_DEPRECATED_MESSAGE",
+    "TEMPERATURE_TOP_P_MESSAGE",
+    "THINKING_ENABLED_MESSAGE",
+    "TRAILING_WHITESPACE_MESSAGE",
+    "WHITESPACE_TEXT_MESSAGE",
     "AnthropicEmulator",
     "Fault",
     "FaultKind",
+    "ModelRule",
     "RecordedRequest",
+    "deprecated_parameter_message",
     "make_api_error",
+    "model_deprecates_sampling",
+    "model_rejects_enabled_thinking",
+    "model_rejects_forced_tool_choice",
     "model_rejects_prefill",
+    "model_rejects_temperature_with_top_p",
+    "orphaned_tool_use_message",
+    "prompt_too_long_message",
+    "unexpected_tool_result_message",
 ]
 
 DEFAULT_REPLY_TEXT: Final[str] = "Hello from the prefill_guard emulator."
@@ -62,6 +95,61 @@ MISSING_API_KEY_MESSAGE: Final[str] = "x-api-key header is required"
 EMPTY_CONTENT_MESSAGE: Final[str] = (
     "all messages must have non-empty content except for the optional final assistant message"
 )
+TEMPERATURE_TOP_P_MESSAGE: Final[str] = (
+    "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
+)
+"""The API's 400 when a model (Sonnet/Haiku 4.5 and later) gets both sampling parameters."""
+THINKING_ENABLED_MESSAGE: Final[str] = (
+    '"thinking.type.enabled" is not supported for this model. Use "thinking.type.adaptive" and '
+    '"output_config.effort" to control thinking behavior.'
+)
+"""The API's 400 when a model (Opus 4.7 and later) gets ``thinking={"type": "enabled"}``."""
+FORCED_TOOL_CHOICE_MESSAGE: Final[str] = (
+    'tool_choice: type "tool" and "any" are not supported for this model.'
+)
+"""The API's 400 when a model of the 5-5 generation gets a forced ``tool_choice``."""
+SAMPLING_PARAMETERS: Final[tuple[str, ...]] = ("temperature", "top_p", "top_k")
+_EFFORTS: Final[tuple[str, ...]] = ("low", "medium", "high", "xhigh", "max")
+_THINKING_TYPES: Final[tuple[str, ...]] = ("enabled", "disabled", "adaptive")
+
+
+def deprecated_parameter_message(name: str) -> str:
+    """The API's 400 for a sampling parameter a model (Opus 4.7 and later) no longer accepts.
+
+    Only the ``temperature`` wording is confirmed; ``top_p`` and ``top_k`` get the same shape.
+    """
+    return f"`{name}` is deprecated for this model."
+
+
+TEMPERATURE_DEPRECATED_MESSAGE: Final[str] = deprecated_parameter_message("temperature")
+"""The API's 400 when a model (Opus 4.7 and later) gets ``temperature``."""
+
+
+def orphaned_tool_use_message(index: int, tool_use_ids: Iterable[str]) -> str:
+    """The API's 400 for ``tool_use`` blocks whose results are missing from the next message.
+
+    ``index`` is the position of the assistant message holding the ``tool_use`` blocks.
+    """
+    return (
+        f"messages.{index}: `tool_use` ids were found without `tool_result` blocks immediately "
+        f"after: {', '.join(tool_use_ids)}. Each `tool_use` block must have a corresponding "
+        "`tool_result` block in the next message."
+    )
+
+
+def unexpected_tool_result_message(index: int, block: int, tool_use_ids: Iterable[str]) -> str:
+    """The API's 400 for ``tool_result`` blocks answering no ``tool_use`` of the message before."""
+    return (
+        f"messages.{index}.content.{block}: unexpected `tool_use_id` found in `tool_result` "
+        f"blocks: {', '.join(tool_use_ids)}. Each `tool_result` block must have a corresponding "
+        "`tool_use` block in the previous message."
+    )
+
+
+def prompt_too_long_message(tokens: int, maximum: int) -> str:
+    """The API's 400 for a prompt over the model's context window."""
+    return f"prompt is too long: {tokens} tokens > {maximum} maximum"
+
 
 _NOT_AN_OBJECT: Final[str] = "Input should be a valid dictionary or object to extract fields from"
 _MESSAGES_PATH: Final[str] = "/v1/messages"
@@ -119,6 +207,108 @@ def model_rejects_prefill(model: str) -> bool:
     major = int(match["major"])
     minor = int(match["minor"]) if match["minor"] is not None else 0
     return (major, minor) >= (4, 6)
+
+
+def _model_version(model: str) -> tuple[str, int, int] | None:
+    """``(family, major, minor)`` for a ``claude-<family>-<major>[-<minor>]`` name, else None."""
+    match = _MODEL_RE.fullmatch(model.strip().lower())
+    if match is None:
+        return None
+    minor = int(match["minor"]) if match["minor"] is not None else 0
+    return match["family"], int(match["major"]), minor
+
+
+def model_rejects_temperature_with_top_p(model: str) -> bool:
+    """Default rule ``temperature_top_p``: Sonnet/Haiku 4.5 and later, every family from 4.6."""
+    version = _model_version(model)
+    if version is None:
+        return False
+    family, major, minor = version
+    return (major, minor) >= ((4, 5) if family in ("sonnet", "haiku") else (4, 6))
+
+
+def model_deprecates_sampling(model: str) -> bool:
+    """Default rule ``sampling_deprecated``: Opus 4.7 and later."""
+    version = _model_version(model)
+    return version is not None and version[0] == "opus" and version[1:] >= (4, 7)
+
+
+def model_rejects_enabled_thinking(model: str) -> bool:
+    """Default rule ``thinking_enabled``: Opus 4.7 and later."""
+    return model_deprecates_sampling(model)
+
+
+def model_rejects_forced_tool_choice(model: str) -> bool:
+    """Default rule ``forced_tool_choice``: the 5-5 generation on, and the Fable/Mythos families."""
+    version = _model_version(model)
+    if version is None:
+        return False
+    family, major, minor = version
+    return family in ("fable", "mythos") or (major, minor) >= (5, 5)
+
+
+def _every_model(model: str) -> bool:
+    return True
+
+
+ModelRule = Callable[[str], bool] | Iterable[str] | bool
+"""Which models a rule applies to: a predicate on the model name, a collection of names (each
+also matching with a ``-YYYYMMDD`` suffix), or a bool for every model / no model."""
+
+DEFAULT_RULES: Final[Mapping[str, Callable[[str], bool]]] = MappingProxyType(
+    {
+        "prefill": model_rejects_prefill,
+        "temperature_top_p": model_rejects_temperature_with_top_p,
+        "sampling_deprecated": model_deprecates_sampling,
+        "thinking_enabled": model_rejects_enabled_thinking,
+        "forced_tool_choice": model_rejects_forced_tool_choice,
+        "orphaned_tool_use": _every_model,
+        "blank_text": _every_model,
+        "trailing_whitespace": _every_model,
+    }
+)
+"""The emulator's rules and the models each applies to by default.
+
+``prefill``: a final assistant message (`PREFILL_MESSAGE`); ``temperature_top_p``: both sampling
+parameters (`TEMPERATURE_TOP_P_MESSAGE`); ``sampling_deprecated``: any of ``temperature``,
+``top_p``, ``top_k`` (`deprecated_parameter_message`); ``thinking_enabled``:
+``thinking.type == "enabled"`` (`THINKING_ENABLED_MESSAGE`); ``forced_tool_choice``: a
+``tool_choice`` of type ``any`` or ``tool`` (`FORCED_TOOL_CHOICE_MESSAGE`);
+``orphaned_tool_use``: ``tool_use`` blocks without ``tool_result`` blocks in the next message,
+and ``tool_result`` blocks without a ``tool_use`` before them; ``blank_text``: whitespace-only
+text blocks; ``trailing_whitespace``: a final assistant text ending in whitespace.
+"""
+
+RULE_NAMES: Final[tuple[str, ...]] = tuple(DEFAULT_RULES)
+"""The names accepted by ``AnthropicEmulator(rules=...)`` and `AnthropicEmulator.set_rule`."""
+
+
+def _names_rule(names: frozenset[str]) -> Callable[[str], bool]:
+    def applies(model: str) -> bool:
+        if model in names:
+            return True
+        dated = _DATED_NAME_RE.fullmatch(model)
+        return dated is not None and dated["base"] in names
+
+    return applies
+
+
+def _compile_rule(name: str, models: ModelRule) -> Callable[[str], bool]:
+    if name not in DEFAULT_RULES:
+        raise ValueError(f"unknown emulator rule {name!r}; expected one of {RULE_NAMES}")
+    if isinstance(models, bool):
+        return _every_model if models else lambda model: False
+    if callable(models):
+        return models
+    if isinstance(models, (str, bytes)) or not isinstance(models, Iterable):
+        raise TypeError(
+            f"rule {name!r}: expected a predicate, a collection of model names or a bool, "
+            f"got {models!r}"
+        )
+    names = frozenset(models)
+    if not all(isinstance(model, str) for model in names):
+        raise TypeError(f"rule {name!r}: model names must be str")
+    return _names_rule(names)
 
 
 @dataclass(frozen=True)
@@ -782,16 +972,30 @@ class AnthropicEmulator:
         reply: str | Callable[[dict[str, Any]], str] = DEFAULT_REPLY_TEXT,
         host: str = "127.0.0.1",
         port: int = 0,
+        rules: Mapping[str, ModelRule] | None = None,
+        max_input_tokens: int | None = None,
     ) -> None:
         """Configure (but do not start) the emulator.
 
         ``no_prefill_models=None`` uses `model_rejects_prefill`; otherwise exactly those names (each
         also with a ``-YYYYMMDD`` suffix) reject prefill. ``reply`` is the assistant text, or a
         callable that gets the parsed request body and returns it.
+
+        ``rules`` maps rule names (`RULE_NAMES`) to the models they apply to (a `ModelRule`);
+        rules not named keep their `DEFAULT_RULES` predicate. ``rules={"prefill": ...}`` and
+        ``no_prefill_models`` are two spellings of one setting: give at most one.
+        ``max_input_tokens`` (the emulator counts one token per word of the messages and the
+        system prompt) answers longer prompts with the API's "prompt is too long" 400.
         """
-        self._no_prefill_models: frozenset[str] | None = (
-            None if no_prefill_models is None else frozenset(no_prefill_models)
-        )
+        compiled = dict(DEFAULT_RULES)
+        for name, models in (rules or {}).items():
+            compiled[name] = _compile_rule(name, models)
+        if no_prefill_models is not None:
+            if rules is not None and "prefill" in rules:
+                raise ValueError("give no_prefill_models or rules['prefill'], not both")
+            compiled["prefill"] = _names_rule(frozenset(no_prefill_models))
+        self._rules: dict[str, Callable[[str], bool]] = compiled
+        self._max_input_tokens = _check_max_input_tokens(max_input_tokens)
         self._reply = reply
         self._host = host
         self._requested_port = port
@@ -930,12 +1134,44 @@ class AnthropicEmulator:
 
     def rejects_prefill(self, model: str) -> bool:
         """Whether this emulator treats `model` as one that rejects assistant-message prefill."""
-        if self._no_prefill_models is None:
-            return model_rejects_prefill(model)
-        if model in self._no_prefill_models:
-            return True
-        dated = _DATED_NAME_RE.fullmatch(model)
-        return dated is not None and dated["base"] in self._no_prefill_models
+        return self.rule_applies("prefill", model)
+
+    # -- rules ---------------------------------------------------------------------------------
+
+    def rule_applies(self, name: str, model: str) -> bool:
+        """Whether the rule `name` (one of `RULE_NAMES`) applies to requests for `model`."""
+        if name not in DEFAULT_RULES:
+            raise ValueError(f"unknown emulator rule {name!r}; expected one of {RULE_NAMES}")
+        with self._lock:
+            rule = self._rules[name]
+        return bool(rule(model))
+
+    def set_rule(self, name: str, models: ModelRule | None) -> None:
+        """Change which models the rule `name` applies to, also while running.
+
+        ``models`` is a predicate, a collection of model names or a bool (see `ModelRule`);
+        ``None`` restores the `DEFAULT_RULES` predicate.
+        """
+        rule = DEFAULT_RULES[name] if models is None and name in DEFAULT_RULES else None
+        compiled = rule or _compile_rule(name, models if models is not None else False)
+        with self._lock:
+            self._rules[name] = compiled
+
+    @property
+    def max_input_tokens(self) -> int | None:
+        """The prompt length above which requests get "prompt is too long" (None: no limit).
+
+        Settable, also while running. The emulator counts one token per word of the messages
+        and the system prompt.
+        """
+        with self._lock:
+            return self._max_input_tokens
+
+    @max_input_tokens.setter
+    def max_input_tokens(self, value: int | None) -> None:
+        checked = _check_max_input_tokens(value)
+        with self._lock:
+            self._max_input_tokens = checked
 
     def _respond(
         self,
@@ -1036,24 +1272,78 @@ class AnthropicEmulator:
         messages: list[Any] = body["messages"]
         for index, message in enumerate(messages):
             self._check_message(index, message)
+        self._check_model_params(model, body)
+        if self.rule_applies("orphaned_tool_use", model):
+            _check_tool_pairs(messages)
         last = messages[-1]
         ends_with_assistant = last["role"] == "assistant"
         checked = messages[:-1] if ends_with_assistant else messages
+        blank_text_rule = self.rule_applies("blank_text", model)
         for index, message in enumerate(checked):
             if message["content"] == []:
                 raise _Reject(400, f"messages.{index}: {EMPTY_CONTENT_MESSAGE}")
-            if _has_blank_text(message["content"]):
+            if blank_text_rule and _has_blank_text(message["content"]):
                 raise _Reject(400, WHITESPACE_TEXT_MESSAGE)
         if ends_with_assistant:
             if self.rejects_prefill(model):
                 raise _Reject(400, PREFILL_MESSAGE)
             final_text = _final_text(last["content"])
-            if final_text is not None and final_text != final_text.rstrip():
+            if (
+                final_text is not None
+                and final_text != final_text.rstrip()
+                and self.rule_applies("trailing_whitespace", model)
+            ):
                 raise _Reject(400, TRAILING_WHITESPACE_MESSAGE)
+        limit = self.max_input_tokens
+        if limit is not None and (tokens := _input_tokens(body)) > limit:
+            raise _Reject(400, prompt_too_long_message(tokens, limit))
         completion = _Completion(model, self._reply_text(body), _input_tokens(body))
         if _is_streaming(body):
             return _sse_response(completion.stream())
         return _json_response(200, completion.message())
+
+    def _check_model_params(self, model: str, body: dict[str, Any]) -> None:
+        """The request-parameter rules, in the documented order."""
+        if self.rule_applies("sampling_deprecated", model):
+            for name in SAMPLING_PARAMETERS:
+                if body.get(name) is not None:
+                    raise _Reject(400, deprecated_parameter_message(name))
+        if (
+            body.get("temperature") is not None
+            and body.get("top_p") is not None
+            and self.rule_applies("temperature_top_p", model)
+        ):
+            raise _Reject(400, TEMPERATURE_TOP_P_MESSAGE)
+        thinking = body.get("thinking")
+        if isinstance(thinking, dict):
+            thinking_type = thinking.get("type")
+            if thinking_type not in _THINKING_TYPES:
+                expected = ", ".join(f"'{name}'" for name in _THINKING_TYPES)
+                raise _Reject(
+                    400,
+                    f"thinking: Input tag {thinking_type!r} found using 'type' does not match "
+                    f"any of the expected tags: {expected}",
+                )
+            if thinking_type == "enabled" and self.rule_applies("thinking_enabled", model):
+                raise _Reject(400, THINKING_ENABLED_MESSAGE)
+            if thinking_type == "adaptive" and "budget_tokens" in thinking:
+                raise _Reject(
+                    400, "thinking.adaptive.budget_tokens: Extra inputs are not permitted"
+                )
+        output_config = body.get("output_config")
+        effort = output_config.get("effort") if isinstance(output_config, dict) else None
+        if effort is not None and effort not in _EFFORTS:
+            expected = ", ".join(f"'{name}'" for name in _EFFORTS[:-1])
+            raise _Reject(
+                400, f"output_config.effort: Input should be {expected} or '{_EFFORTS[-1]}'"
+            )
+        tool_choice = body.get("tool_choice")
+        if (
+            isinstance(tool_choice, dict)
+            and tool_choice.get("type") in ("any", "tool")
+            and self.rule_applies("forced_tool_choice", model)
+        ):
+            raise _Reject(400, FORCED_TOOL_CHOICE_MESSAGE)
 
     @staticmethod
     def _check_auth(headers: Mapping[str, str]) -> None:
@@ -1123,6 +1413,67 @@ class AnthropicEmulator:
                     raise _Reject(400, f"{block_where}.text: Field required")
                 if not isinstance(block["text"], str):
                     raise _Reject(400, f"{block_where}.text: Input should be a valid string")
+            for block_type, key in (("tool_use", "id"), ("tool_result", "tool_use_id")):
+                if block["type"] == block_type:
+                    if key not in block:
+                        raise _Reject(400, f"{block_where}.{key}: Field required")
+                    if not isinstance(block[key], str):
+                        raise _Reject(400, f"{block_where}.{key}: Input should be a valid string")
+
+
+def _check_max_input_tokens(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_input_tokens must be an int >= 1 or None, not {value!r}")
+    return value
+
+
+def _block_ids(content: str | list[dict[str, Any]], block_type: str, key: str) -> list[str]:
+    if isinstance(content, str):
+        return []
+    return [block[key] for block in content if block["type"] == block_type]
+
+
+def _check_tool_pairs(messages: list[dict[str, Any]]) -> None:
+    """Rule ``orphaned_tool_use``: every ``tool_use`` is answered in the very next message.
+
+    A ``tool_use`` in the final message is left to the prefill rules (there is no next message
+    yet); a ``tool_result`` must answer a ``tool_use`` of the assistant message just before it.
+    """
+    for index, message in enumerate(messages):
+        content = message["content"]
+        if message["role"] == "user":
+            results = _block_ids(content, "tool_result", "tool_use_id")
+            if not results:
+                continue
+            previous = messages[index - 1] if index > 0 else None
+            expected = (
+                _block_ids(previous["content"], "tool_use", "id")
+                if previous is not None and previous["role"] == "assistant"
+                else []
+            )
+            unexpected = [result for result in results if result not in expected]
+            if unexpected:
+                first = next(
+                    position
+                    for position, block in enumerate(content)
+                    if block["type"] == "tool_result" and block["tool_use_id"] in unexpected
+                )
+                raise _Reject(400, unexpected_tool_result_message(index, first, unexpected))
+            continue
+        tool_use_ids = _block_ids(content, "tool_use", "id")
+        if not tool_use_ids or index == len(messages) - 1:
+            continue
+        following = messages[index + 1]
+        answered = (
+            _block_ids(following["content"], "tool_result", "tool_use_id")
+            if following["role"] == "user"
+            else []
+        )
+        missing = [tool_use_id for tool_use_id in tool_use_ids if tool_use_id not in answered]
+        if missing:
+            raise _Reject(400, orphaned_tool_use_message(index, missing))
 
 
 def _has_blank_text(content: str | list[dict[str, Any]]) -> bool:

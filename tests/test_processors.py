@@ -121,3 +121,18 @@ def test_handler_reacts_to_the_rejection_whatever_the_last_message() -> None:
     assert result is not None
     assert result.retry
     assert len(messages) == 2
+
+
+def test_a_different_api_error_raised_while_handling_a_rejection_is_not_one() -> None:
+    """An implicit __context__ never turns another 400 into the prefill rejection."""
+    other = make_api_error(400, "messages: text content blocks must contain non-whitespace text")
+    other.__context__ = _direct_api_error()
+    assert not is_prefill_rejection(other)
+
+
+def test_a_suppressed_context_is_not_followed() -> None:
+    """`raise X from None` hides the context; so does the detection."""
+    wrapper = RuntimeError("unrelated")
+    wrapper.__context__ = _direct_api_error()
+    wrapper.__suppress_context__ = True
+    assert not is_prefill_rejection(wrapper)

@@ -25,12 +25,27 @@ from hypothesis import strategies as st
 from prefill_guard.errors import api_error_type, api_message
 from prefill_guard.testing import (
     DEFAULT_REPLY_TEXT,
+    DEFAULT_RULES,
+    FORCED_TOOL_CHOICE_MESSAGE,
     PREFILL_MESSAGE,
+    RULE_NAMES,
+    TEMPERATURE_DEPRECATED_MESSAGE,
+    TEMPERATURE_TOP_P_MESSAGE,
+    THINKING_ENABLED_MESSAGE,
+    TRAILING_WHITESPACE_MESSAGE,
+    WHITESPACE_TEXT_MESSAGE,
     AnthropicEmulator,
     Fault,
     RecordedRequest,
     make_api_error,
+    model_deprecates_sampling,
+    model_rejects_enabled_thinking,
+    model_rejects_forced_tool_choice,
     model_rejects_prefill,
+    model_rejects_temperature_with_top_p,
+    orphaned_tool_use_message,
+    prompt_too_long_message,
+    unexpected_tool_result_message,
 )
 
 PREFILL_TEXT = (
@@ -1675,3 +1690,277 @@ def test_make_api_error_falls_back_to_public_classes_without_sdk_factory(
     assert type(make_api_error(529)) is anthropic.OverloadedError
     assert type(make_api_error(502)) is anthropic.InternalServerError
     assert type(make_api_error(200, "x")) is anthropic.APIStatusError
+
+
+# -- model rules: the other breaking changes ---------------------------------------------------
+
+TOOL_USE = {"type": "tool_use", "id": "toolu_01A", "name": "get_weather", "input": {}}
+TOOLS: list[Any] = [
+    {"name": "get_weather", "description": "Weather.", "input_schema": {"type": "object"}}
+]
+
+
+def post(client: anthropic.Anthropic, model: str, messages: list[Any], **params: Any) -> Message:
+    """messages.create() with parameters the SDK has no argument for sent via extra_body."""
+    extra = {key: params.pop(key) for key in ("temperature", "top_p", "top_k") if key in params}
+    message = client.messages.create(
+        model=model, max_tokens=4096, messages=messages, extra_body=extra or None, **params
+    )
+    assert isinstance(message, Message)
+    return message
+
+
+def rejected(client: anthropic.Anthropic, model: str, messages: list[Any], **params: Any) -> str:
+    with pytest.raises(anthropic.BadRequestError) as info:
+        post(client, model, messages, **params)
+    assert_bad_request(info.value, api_message(info.value) or "")
+    return api_message(info.value) or ""
+
+
+def test_rule_message_constants_are_the_api_wording() -> None:
+    """The exported texts are the API's sentences, byte for byte."""
+    assert TEMPERATURE_TOP_P_MESSAGE == (
+        "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
+    )
+    assert TEMPERATURE_DEPRECATED_MESSAGE == "`temperature` is deprecated for this model."
+    assert THINKING_ENABLED_MESSAGE == (
+        '"thinking.type.enabled" is not supported for this model. Use "thinking.type.adaptive" '
+        'and "output_config.effort" to control thinking behavior.'
+    )
+    assert FORCED_TOOL_CHOICE_MESSAGE == (
+        'tool_choice: type "tool" and "any" are not supported for this model.'
+    )
+    assert orphaned_tool_use_message(3, ["toolu_a", "toolu_b"]) == (
+        "messages.3: `tool_use` ids were found without `tool_result` blocks immediately after: "
+        "toolu_a, toolu_b. Each `tool_use` block must have a corresponding `tool_result` block "
+        "in the next message."
+    )
+    assert prompt_too_long_message(210, 200) == "prompt is too long: 210 tokens > 200 maximum"
+    assert tuple(DEFAULT_RULES) == RULE_NAMES
+
+
+@pytest.mark.parametrize(
+    ("model", "temperature_top_p", "sampling_deprecated", "forced_tool_choice"),
+    [
+        ("claude-haiku-4-5", True, False, False),
+        ("claude-sonnet-4-5-20250929", True, False, False),
+        ("claude-sonnet-4", False, False, False),
+        ("claude-opus-4-5", False, False, False),
+        ("claude-opus-4-6", True, False, False),
+        ("claude-opus-4-7", True, True, False),
+        ("claude-opus-4-8", True, True, False),
+        ("claude-sonnet-4-6", True, False, False),
+        ("claude-opus-5-5", True, True, True),
+        ("claude-sonnet-5-5", True, False, True),
+        ("claude-mythos-5-1", True, False, True),
+        ("claude-fable-5", True, False, True),
+        ("claude-3-5-sonnet-20241022", False, False, False),
+        ("gpt-5", False, False, False),
+    ],
+)
+def test_default_rule_predicates(
+    model: str, temperature_top_p: bool, sampling_deprecated: bool, forced_tool_choice: bool
+) -> None:
+    """Which families each default rule selects."""
+    assert model_rejects_temperature_with_top_p(model) is temperature_top_p
+    assert model_deprecates_sampling(model) is sampling_deprecated
+    assert model_rejects_enabled_thinking(model) is sampling_deprecated
+    assert model_rejects_forced_tool_choice(model) is forced_tool_choice
+
+
+@given(st.text())
+def test_default_rule_predicates_never_raise(model: str) -> None:
+    """Any string is classified without raising."""
+    for rule in DEFAULT_RULES.values():
+        assert isinstance(rule(model), bool)
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "message"),
+    [
+        ("claude-haiku-4-5", {"temperature": 0.5, "top_p": 0.9}, TEMPERATURE_TOP_P_MESSAGE),
+        ("claude-opus-4-7", {"temperature": 0.5}, TEMPERATURE_DEPRECATED_MESSAGE),
+        ("claude-opus-4-7", {"top_k": 5}, "`top_k` is deprecated for this model."),
+        (
+            "claude-opus-4-7",
+            {"thinking": {"type": "enabled", "budget_tokens": 1024}},
+            THINKING_ENABLED_MESSAGE,
+        ),
+        (
+            "claude-opus-5-5",
+            {"tools": TOOLS, "tool_choice": {"type": "tool", "name": "get_weather"}},
+            FORCED_TOOL_CHOICE_MESSAGE,
+        ),
+        (
+            "claude-sonnet-5-5",
+            {"tools": TOOLS, "tool_choice": {"type": "any"}},
+            FORCED_TOOL_CHOICE_MESSAGE,
+        ),
+        (
+            "claude-opus-4-7",
+            {"thinking": {"type": "adaptive", "budget_tokens": 1024}},
+            "thinking.adaptive.budget_tokens: Extra inputs are not permitted",
+        ),
+        (
+            "claude-opus-4-7",
+            {"output_config": {"effort": "extreme"}},
+            "output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'",
+        ),
+    ],
+)
+def test_parameter_rules_answer_with_the_api_text(
+    client: anthropic.Anthropic, model: str, params: dict[str, Any], message: str
+) -> None:
+    """Each parameter rule's 400, through the real SDK."""
+    assert rejected(client, model, list(USER_HI), **params) == message
+
+
+@pytest.mark.parametrize(
+    ("model", "params"),
+    [
+        ("claude-haiku-4-5", {"temperature": 0.5}),
+        ("claude-opus-4-5", {"temperature": 0.5, "top_p": 0.9}),
+        ("claude-opus-4-5", {"thinking": {"type": "enabled", "budget_tokens": 1024}}),
+        ("claude-opus-4-7", {"thinking": {"type": "adaptive"}, "output_config": {"effort": "max"}}),
+        ("claude-opus-4-6", {"tools": TOOLS, "tool_choice": {"type": "any"}}),
+        ("claude-opus-5-5", {"tools": TOOLS, "tool_choice": {"type": "auto"}}),
+    ],
+)
+def test_parameter_rules_accept_what_the_model_takes(
+    client: anthropic.Anthropic, model: str, params: dict[str, Any]
+) -> None:
+    """Models outside a rule, and the repaired shapes, get a normal 200."""
+    assert post(client, model, list(USER_HI), **params).model == model
+
+
+def test_parameter_rules_come_before_conversation_rules(client: anthropic.Anthropic) -> None:
+    """Deprecation first, then the pair, then the conversation (the documented order)."""
+    prefill: list[Any] = [*USER_HI, {"role": "assistant", "content": "Sure"}]
+    both = {"temperature": 0.5, "top_p": 0.9}
+    assert rejected(client, "claude-opus-4-7", prefill, **both) == TEMPERATURE_DEPRECATED_MESSAGE
+    assert rejected(client, "claude-sonnet-4-6", prefill, **both) == TEMPERATURE_TOP_P_MESSAGE
+    assert rejected(client, "claude-sonnet-4-6", prefill, temperature=0.5) == PREFILL_MESSAGE
+
+
+def test_orphaned_tool_use_names_the_message_and_the_ids(client: anthropic.Anthropic) -> None:
+    """A tool_use answered by plain text: the API's 400 with the index and every missing id."""
+    second = {**TOOL_USE, "id": "toolu_01B"}
+    messages: list[Any] = [
+        *USER_HI,
+        {"role": "assistant", "content": [TOOL_USE, second]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01A"}]},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "next"},
+    ]
+    message = rejected(client, "claude-haiku-4-5", messages)
+    assert message == orphaned_tool_use_message(1, ["toolu_01B"])
+
+
+def test_unexpected_tool_result_is_rejected(client: anthropic.Anthropic) -> None:
+    """A tool_result that answers no tool_use of the previous message: the API's 400."""
+    messages: list[Any] = [
+        *USER_HI,
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_X"}]},
+    ]
+    message = rejected(client, "claude-haiku-4-5", messages)
+    assert message == unexpected_tool_result_message(2, 0, ["toolu_X"])
+
+
+def test_answered_and_final_tool_use_are_accepted(client: anthropic.Anthropic) -> None:
+    """Results in the next message pass; a final tool_use is left to the prefill rule."""
+    answered: list[Any] = [
+        *USER_HI,
+        {"role": "assistant", "content": [TOOL_USE]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_01A", "content": "sunny"},
+                {"type": "text", "text": "thanks"},
+            ],
+        },
+    ]
+    assert post(client, "claude-opus-4-6", answered).model == "claude-opus-4-6"
+    final: list[Any] = [*USER_HI, {"role": "assistant", "content": [TOOL_USE]}]
+    assert post(client, "claude-haiku-4-5", final).model == "claude-haiku-4-5"
+    assert rejected(client, "claude-opus-4-6", final) == PREFILL_MESSAGE
+
+
+def test_tool_blocks_need_their_ids(client: anthropic.Anthropic) -> None:
+    """tool_use without id / tool_result without tool_use_id: a schema 400."""
+    no_id: list[Any] = [*USER_HI, {"role": "assistant", "content": [{"type": "tool_use"}]}]
+    assert rejected(client, "claude-haiku-4-5", no_id) == "messages.1.content.0.id: Field required"
+    no_ref: list[Any] = [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": 7}]}]
+    assert rejected(client, "claude-haiku-4-5", no_ref) == (
+        "messages.0.content.0.tool_use_id: Input should be a valid string"
+    )
+
+
+def test_rules_are_configurable_per_model_family() -> None:
+    """rules= takes names (date suffix allowed), predicates and bools; others keep defaults."""
+    rules: dict[str, Any] = {
+        "temperature_top_p": ["my-model"],
+        "sampling_deprecated": lambda model: model.startswith("strict-"),
+        "orphaned_tool_use": False,
+        "blank_text": False,
+    }
+    with AnthropicEmulator(rules=rules) as emu, emu.client() as client:
+        both = {"temperature": 0.5, "top_p": 0.9}
+        assert rejected(client, "my-model-20260101", list(USER_HI), **both) == (
+            TEMPERATURE_TOP_P_MESSAGE
+        )
+        assert post(client, "claude-haiku-4-5", list(USER_HI), **both).model
+        assert rejected(client, "strict-1", list(USER_HI), top_p=1) == (
+            "`top_p` is deprecated for this model."
+        )
+        assert post(client, "claude-opus-4-7", list(USER_HI), temperature=1).model
+        orphan: list[Any] = [*USER_HI, {"role": "assistant", "content": [TOOL_USE]}, *USER_HI]
+        assert post(client, "claude-haiku-4-5", orphan).model
+        assert post(client, "claude-haiku-4-5", [{"role": "user", "content": " "}]).model
+        assert emu.rule_applies("prefill", "claude-opus-4-6")
+        emu.set_rule("prefill", True)
+        assert emu.rejects_prefill("claude-haiku-4-5")
+        emu.set_rule("blank_text", None)  # back to the default
+        assert rejected(client, "claude-haiku-4-5", [{"role": "user", "content": " "}]) == (
+            WHITESPACE_TEXT_MESSAGE
+        )
+        emu.set_rule("trailing_whitespace", False)
+        trailing: list[Any] = [*USER_HI, {"role": "assistant", "content": "x "}]
+        emu.set_rule("prefill", False)
+        assert post(client, "claude-opus-4-6", trailing).model
+        emu.set_rule("trailing_whitespace", None)
+        assert rejected(client, "claude-opus-4-6", trailing) == TRAILING_WHITESPACE_MESSAGE
+
+
+def test_rule_configuration_errors() -> None:
+    """Unknown names, a bare str, and both spellings of the prefill rule are refused."""
+    with pytest.raises(ValueError, match="unknown emulator rule"):
+        AnthropicEmulator(rules={"prefil": True})
+    with pytest.raises(TypeError, match="collection of model names"):
+        AnthropicEmulator(rules={"prefill": "claude-opus-4-6"})
+    with pytest.raises(TypeError, match="must be str"):
+        AnthropicEmulator(rules={"prefill": [1]})  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="not both"):
+        AnthropicEmulator(no_prefill_models=["x"], rules={"prefill": ["y"]})
+    emu = AnthropicEmulator()
+    with pytest.raises(ValueError, match="unknown emulator rule"):
+        emu.rule_applies("nope", "claude-opus-4-6")
+    with pytest.raises(ValueError, match="unknown emulator rule"):
+        emu.set_rule("nope", True)
+    with pytest.raises(ValueError, match="max_input_tokens"):
+        AnthropicEmulator(max_input_tokens=0)
+    with pytest.raises(ValueError, match="max_input_tokens"):
+        emu.max_input_tokens = True
+
+
+def test_prompt_too_long(emu: AnthropicEmulator, client: anthropic.Anthropic) -> None:
+    """Above max_input_tokens (a word is a token): the API's "prompt is too long" 400."""
+    assert emu.max_input_tokens is None
+    emu.max_input_tokens = 5
+    long: list[Any] = [{"role": "user", "content": "one two three four five six"}]
+    assert rejected(client, "claude-opus-4-6", long) == prompt_too_long_message(6, 5)
+    assert post(client, "claude-opus-4-6", [{"role": "user", "content": "one two"}]).model
+    emu.max_input_tokens = None
+    assert post(client, "claude-opus-4-6", long).model
+    with AnthropicEmulator(max_input_tokens=3) as small, small.client() as small_client:
+        assert rejected(small_client, "claude-haiku-4-5", long) == prompt_too_long_message(6, 3)
