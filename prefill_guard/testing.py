@@ -43,7 +43,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
 from typing import Any, Final, Literal, get_args
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import anthropic
 import httpx2
@@ -153,6 +153,26 @@ def prompt_too_long_message(tokens: int, maximum: int) -> str:
 
 _NOT_AN_OBJECT: Final[str] = "Input should be a valid dictionary or object to extract fields from"
 _MESSAGES_PATH: Final[str] = "/v1/messages"
+# The platforms' paths for the same Messages API: the model is in the path, not the body.
+_BEDROCK_PATH: Final[re.Pattern[str]] = re.compile(r"/model/(?P<model>[^/]+)/invoke")
+_VERTEX_PATH: Final[re.Pattern[str]] = re.compile(
+    r"/projects/[^/]+/locations/[^/]+/publishers/anthropic/models/(?P<model>[^/:]+)"
+    r":(?P<specifier>rawPredict|streamRawPredict)"
+)
+
+
+def _messages_route(method: str, path: str) -> tuple[str | None] | None:
+    """For a Messages request (direct API, Bedrock ``invoke`` or Vertex ``rawPredict``), a
+    1-tuple of the model named in the path (None for the direct API); None for anything else."""
+    if method != "POST":
+        return None
+    route = unquote(urlsplit(path).path)
+    if route == _MESSAGES_PATH:
+        return (None,)
+    match = _BEDROCK_PATH.fullmatch(route) or _VERTEX_PATH.fullmatch(route)
+    return (match["model"],) if match else None
+
+
 _MAX_BODY_BYTES: Final[int] = 32 * 1024 * 1024  # the real API's request-size limit
 _ID_ALPHABET: Final[str] = string.ascii_letters + string.digits
 
@@ -197,21 +217,27 @@ _STALL_POLL_SECONDS: Final[float] = 0.05  # how often a stall checks whether its
 def model_rejects_prefill(model: str) -> bool:
     """Default emulator rule: True for the Claude 4.6-and-later families.
 
-    Names shaped ``claude-<family>-<major>[-<minor>][-YYYYMMDD]`` are compared by
-    ``(major, minor) >= (4, 6)``; old-style names (``claude-3-5-sonnet-...``) and unknown shapes
-    are False.
+    Names shaped ``claude-<family>-<major>[-<minor>][-YYYYMMDD]`` (also in their Bedrock and
+    Vertex spellings) are compared by ``(major, minor) >= (4, 6)``; old-style names
+    (``claude-3-5-sonnet-...``) and unknown shapes are False.
     """
-    match = _MODEL_RE.fullmatch(model.strip().lower())
-    if match is None:
-        return False
-    major = int(match["major"])
-    minor = int(match["minor"]) if match["minor"] is not None else 0
-    return (major, minor) >= (4, 6)
+    version = _model_version(model)
+    return version is not None and version[1:] >= (4, 6)
+
+
+# Bedrock: [region.]anthropic.<name>-v1[:0]; Vertex: <name>@YYYYMMDD.
+_PLATFORM_SPELLING: Final[re.Pattern[str]] = re.compile(
+    r"(?:[a-z]+\.)?anthropic\.(?P<bedrock>.+?)(?:-v\d+(?::\d+)?)?|(?P<vertex>.+)@\d{8}"
+)
 
 
 def _model_version(model: str) -> tuple[str, int, int] | None:
     """``(family, major, minor)`` for a ``claude-<family>-<major>[-<minor>]`` name, else None."""
-    match = _MODEL_RE.fullmatch(model.strip().lower())
+    name = model.strip().lower()
+    platform = _PLATFORM_SPELLING.fullmatch(name)
+    if platform is not None:
+        name = platform["bedrock"] or platform["vertex"]
+    match = _MODEL_RE.fullmatch(name)
     if match is None:
         return None
     minor = int(match["minor"]) if match["minor"] is not None else 0
@@ -327,7 +353,9 @@ class Fault:
         HTTP error (``status``, e.g. 529 for ``overloaded_error``).
     ``"disconnect"`` (make it with `Fault.disconnect`)
         Drop the connection mid-body: half of a normal JSON answer, or a stream cut after
-        ``after_deltas`` text deltas without the end of the chunked body.
+        ``after_deltas`` text deltas without the end of the chunked body. With ``clean=True`` a
+        stream instead ends properly (terminating chunk) but early, before ``message_stop``,
+        as a proxy or a ``Connection: close`` body can make it look.
     ``"stall"`` (make it with `Fault.stall`)
         Wait ``seconds`` (less if the emulator stops or the client goes away), then handle the
         request normally.
@@ -345,6 +373,7 @@ class Fault:
     error_type: str | None = field(default=None, kw_only=True)
     message: str | None = field(default=None, kw_only=True)
     seconds: float = field(default=0.0, kw_only=True)
+    clean: bool = field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         """Reject field values that make no sense for the fault's kind."""
@@ -370,6 +399,7 @@ class Fault:
             "error_type": self.error_type is not None and kind != "sse_error",
             "message": self.message is not None and kind != "sse_error",
             "seconds": seconds != 0 and kind != "stall",
+            "clean": self.clean is not False and kind != "disconnect",
         }
         for name, is_set in unused.items():
             if is_set:
@@ -406,14 +436,17 @@ class Fault:
         )
 
     @classmethod
-    def disconnect(cls, *, after_deltas: int = 0) -> Fault:
+    def disconnect(cls, *, after_deltas: int = 0, clean: bool = False) -> Fault:
         """Close the connection mid-body.
 
         Non-streaming: the status line and headers of a normal 200 (with the full body's
         Content-Length), then half the body. Streaming: the events up to and including
-        `after_deltas` text deltas, without the chunked body's terminating chunk.
+        `after_deltas` text deltas, without the chunked body's terminating chunk; with `clean`,
+        with it (the stream just ends, before ``message_stop``). `clean` applies to streams.
         """
-        return cls(200, kind="disconnect", after_deltas=after_deltas)
+        if not isinstance(clean, bool):
+            raise ValueError(f"clean must be a bool, not {clean!r}")
+        return cls(200, kind="disconnect", after_deltas=after_deltas, clean=clean)
 
     @classmethod
     def stall(cls, seconds: float) -> Fault:
@@ -1084,12 +1117,10 @@ class AnthropicEmulator:
 
     @property
     def message_requests(self) -> list[RecordedRequest]:
-        """A copy of the received ``POST /v1/messages`` requests, in arrival order."""
-        return [
-            request
-            for request in self.requests
-            if request.method == "POST" and urlsplit(request.path).path == _MESSAGES_PATH
-        ]
+        """A copy of the received Messages requests, in arrival order: ``POST /v1/messages``,
+        and the Bedrock (``/model/M/invoke``) and Vertex (``...:rawPredict``,
+        ``...:streamRawPredict``) spellings of it. Bodies are recorded as sent."""
+        return [r for r in self.requests if _messages_route(r.method, r.path) is not None]
 
     def script(self, *faults: Fault) -> None:
         """Queue faults: each next request (any path) consumes one, in order, as its answer."""
@@ -1202,8 +1233,15 @@ class AnthropicEmulator:
                         return None
                 else:
                     return self._fault_response(fault, body)
-            if method != "POST" or urlsplit(path).path != _MESSAGES_PATH:
+            route = _messages_route(method, path)
+            if route is None:
                 return _json_response(404, _error_body(404))
+            (path_model,) = route
+            if path_model is not None and isinstance(body, dict):
+                # Bedrock/Vertex: the model comes from the path, the version is their own key.
+                body = {key: value for key, value in body.items() if key != "anthropic_version"}
+                body["model"] = path_model
+                raw = json.dumps(body).encode()
             return self._messages(headers, raw, body)
         except _Reject as reject:
             return _json_response(reject.status, _error_body(reject.status, reject.message))
@@ -1235,7 +1273,7 @@ class AnthropicEmulator:
                 response = _json_response(200, completion.message())
                 return _Response(response.status, response.body, response.headers, drop=True)
             events = completion.stream_head() + completion.stream_deltas()[: fault.after_deltas]
-            return _sse_response(events, drop=True)
+            return _sse_response(events, drop=not fault.clean)
         return _status_fault_response(fault)
 
     def _best_effort_completion(self, body: Any) -> _Completion:

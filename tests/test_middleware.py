@@ -237,3 +237,60 @@ def test_default_stack_needs_one_request_for_a_known_model(
     with anthropic_emulator.client() as client:
         guard(client).messages.create(model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT)
     assert _wire(anthropic_emulator) == [[*ENDS_WITH_ASSISTANT, REMINDER_ON_WIRE]]
+
+
+def _vertex(emulator: AnthropicEmulator, *, async_: bool = False) -> Any:
+    kind = anthropic.AsyncAnthropicVertex if async_ else anthropic.AnthropicVertex
+    return kind(
+        region="us-east5",
+        project_id="demo-project",
+        access_token="token",
+        base_url=emulator.base_url,
+        max_retries=0,
+    )
+
+
+def test_vertex_client_is_guarded_end_to_end(anthropic_emulator: AnthropicEmulator) -> None:
+    """Vertex's rawPredict shape (model in the path): repaired the same way, sync."""
+    with _vertex(anthropic_emulator) as client:
+        message = guard(client, REACTIVE).messages.create(
+            model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT
+        )
+    assert message.content[0].text == DEFAULT_REPLY_TEXT
+    requests = anthropic_emulator.message_requests
+    assert [r.path.rsplit("/", 1)[-1] for r in requests] == [f"{MODEL}:rawPredict"] * 2
+    assert all("model" not in r.body for r in requests)
+    assert requests[-1].body["messages"][-1] == REMINDER_ON_WIRE
+
+
+async def test_async_vertex_stream_is_guarded(anthropic_emulator: AnthropicEmulator) -> None:
+    """Vertex streaming (streamRawPredict), async, through the stream helper."""
+    async with (
+        _vertex(anthropic_emulator, async_=True) as client,
+        guard(client, REACTIVE).messages.stream(
+            model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT
+        ) as stream,
+    ):
+        text = "".join([t async for t in stream.text_stream])
+    assert text == DEFAULT_REPLY_TEXT
+    paths = [r.path.rsplit(":", 1)[-1] for r in anthropic_emulator.message_requests]
+    assert paths == ["streamRawPredict"] * 2
+
+
+def test_bedrock_client_is_guarded_end_to_end(anthropic_emulator: AnthropicEmulator) -> None:
+    """Bedrock's invoke shape, with a Bedrock API key (anthropic 2.x; 1.x signs with botocore)."""
+    import inspect
+
+    if "api_key" not in inspect.signature(anthropic.AnthropicBedrock.__init__).parameters:
+        pytest.skip("this anthropic version's Bedrock client needs botocore request signing")
+    client = anthropic.AnthropicBedrock(
+        api_key="bedrock-key", aws_region="us-east-1", base_url=anthropic_emulator.base_url
+    )
+    with client:
+        message = guard(client, REACTIVE).messages.create(
+            model="anthropic.claude-opus-4-6-v1:0", max_tokens=64, messages=ENDS_WITH_ASSISTANT
+        )
+    assert message.content[0].type == "text"
+    requests = anthropic_emulator.message_requests
+    assert [r.path for r in requests] == ["/model/anthropic.claude-opus-4-6-v1:0/invoke"] * 2
+    assert requests[-1].body["messages"][-1] == REMINDER_ON_WIRE

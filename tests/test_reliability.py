@@ -378,3 +378,28 @@ async def test_cancelling_astream_during_backoff(anthropic_emulator: Any) -> Non
         assert set(asyncio.all_tasks()) == before
     assert len(anthropic_emulator.message_requests) == 1
     assert conversation.to_api() == USER_ONLY
+
+
+async def test_a_stream_cut_short_cleanly_is_not_taken_for_a_reply(harness: Harness) -> None:
+    """A body that ends before message_stop: retried before content (2 requests); after
+    content it is a connection error with the partial text, and nothing is stored."""
+    if not harness.streaming:
+        harness.emulator.script(Fault.disconnect(clean=True))  # a plain body cut mid-way
+        await harness.run(harness.agent(), MessageList(USER_ONLY))
+        assert len(harness.emulator.message_requests) == 2
+        return
+    harness.emulator.script(Fault.disconnect(clean=True))
+    conversation = MessageList(USER_ONLY)
+    await harness.run(harness.agent(), conversation)
+    assert len(harness.emulator.message_requests) == 2
+    assert_invariants(conversation, USER_ONLY, ok=True)
+
+    harness.emulator.reset()
+    harness.received.clear()
+    harness.emulator.script(Fault.disconnect(after_deltas=2, clean=True))
+    conversation = MessageList(USER_ONLY)
+    with pytest.raises(anthropic.APIConnectionError, match="before message_stop") as info:
+        await harness.run(harness.agent(), conversation)
+    assert partial_text(info.value) == "".join(REPLY_CHUNKS[:2])
+    assert len(harness.emulator.message_requests) == 1
+    assert_invariants(conversation, USER_ONLY, ok=False)

@@ -1964,3 +1964,38 @@ def test_prompt_too_long(emu: AnthropicEmulator, client: anthropic.Anthropic) ->
     assert post(client, "claude-opus-4-6", long).model
     with AnthropicEmulator(max_input_tokens=3) as small, small.client() as small_client:
         assert rejected(small_client, "claude-haiku-4-5", long) == prompt_too_long_message(6, 3)
+
+
+def test_clean_disconnect_ends_a_stream_early_without_an_error(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """Fault.disconnect(clean=True): the body ends properly, but before message_stop."""
+    emu.script(Fault.disconnect(after_deltas=1, clean=True))
+    with client.messages.stream(
+        model="claude-haiku-4-5", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        types = [event.type for event in stream]
+    assert "message_stop" not in types
+    assert types.count("content_block_delta") == 1
+
+
+def test_clean_applies_only_to_disconnect_faults() -> None:
+    """clean=True on another kind is refused, like every field that does not apply."""
+    with pytest.raises(ValueError, match="clean does not apply to a 'stall' fault"):
+        Fault(200, kind="stall", seconds=1.0, clean=True)
+
+
+@pytest.mark.parametrize(
+    ("model", "rejects"),
+    [
+        ("anthropic.claude-opus-4-6-v1:0", True),
+        ("us.anthropic.claude-sonnet-4-6-v1:0", True),
+        ("global.anthropic.claude-opus-4-7", True),
+        ("claude-opus-4-6@20260101", True),
+        ("anthropic.claude-haiku-4-5-20251001-v1:0", False),
+        ("claude-haiku-4-5@20251001", False),
+    ],
+)
+def test_platform_model_spellings_follow_the_same_rule(model: str, rejects: bool) -> None:
+    """Bedrock and Vertex ids name the same families: the prefill rule reads them too."""
+    assert model_rejects_prefill(model) is rejects
