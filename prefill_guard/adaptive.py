@@ -16,11 +16,13 @@ from collections.abc import Iterable
 
 from anthropic import APIError
 
-from .messages import MessageList, system_reminder
+from .messages import MessageList
+from .pipeline import appends_only
 from .processors import (
     PREFILL_REMINDER_TYPE,
     ProcessAPIErrorResult,
     RequestParams,
+    append_system_reminder,
     is_prefill_rejection,
 )
 
@@ -109,15 +111,16 @@ class AdaptivePrefillGuard:
     def __init__(self, knowledge: PrefillKnowledge | None = None) -> None:
         self.knowledge = knowledge if knowledge is not None else PrefillKnowledge()
 
+    @appends_only  # so the pipeline need not copy the conversation before every request
     def before_send(self, *, messages: MessageList, params: RequestParams) -> None:
         """Append the reminder if the conversation ends with an assistant turn and the model
-        is known to reject prefill."""
+        is known to reject prefill (after a ``tool_use``, it answers the calls first)."""
         last = messages.last
         model = params.get("model")
         if last is None or last["role"] != "assistant" or not isinstance(model, str):
             return
         if self.knowledge.rejects_prefill(model):
-            messages.append(system_reminder("continue", PREFILL_REMINDER_TYPE))
+            append_system_reminder(messages, "continue", PREFILL_REMINDER_TYPE)
 
     def process_api_error(
         self,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -12,7 +11,7 @@ from typing import Any
 import anthropic
 from anthropic._base_client import AsyncAPIClient, SyncAPIClient
 
-from .messages import MessageList, RawMessage
+from .messages import MessageList, RawMessage, deep_copy
 from .pipeline import AnyProcessor, Generation, Pipeline, RunResult
 from .processors import RequestParams
 from .retries import OnRetry, RetryPolicy, acall_with_retries, call_with_retries
@@ -27,6 +26,9 @@ AnthropicClient = SyncClient | AsyncClient
 MessagesInput = str | MessageList | Iterable[Any]
 
 _RESERVED = ("messages", "stream")
+_CALLERS = {
+    method: f"Agent.{method}()" for method in ("generate", "agenerate", "stream", "astream")
+}
 
 
 def _client_kind(client: object) -> str:
@@ -86,7 +88,7 @@ class Agent:
             max_retries=max_retries, max_retry_delay=max_retry_delay, on_retry=on_retry, sleep=sleep
         )
         # Copied deeply here and per call, so no call (or processor) can change another's.
-        self._defaults: RequestParams = copy.deepcopy({"max_tokens": max_tokens, **default_params})
+        self._defaults: RequestParams = deep_copy({"max_tokens": max_tokens, **default_params})
         self._client_kind = None if client is None else _client_kind(client)
         # Our retry layer replaces the SDK's; with both on, 1 + 2 retries become 9 requests.
         own = None if client is None else client.with_options(max_retries=0)
@@ -211,8 +213,9 @@ class Agent:
         params: dict[str, Any],
         thread_id: str | None,
     ) -> tuple[Generation, _ThreadRun | None]:
-        caller = f"Agent.{method}()"
-        _check_params(params, caller)
+        caller = _CALLERS[method]
+        if params:
+            _check_params(params, caller)
         if method in ("generate", "stream"):
             self._pipeline.require_sync(caller)
         merged: RequestParams = {"model": self._model, **self._defaults}
@@ -229,7 +232,7 @@ class Agent:
             raise TypeError(f"{caller} needs messages, or a thread_id to continue a thread")
         else:
             conversation = _as_message_list(messages)
-        return self._pipeline.begin(conversation, copy.deepcopy(merged)), thread
+        return self._pipeline.begin(conversation, deep_copy(merged)), thread
 
     def _sync_client_for(self, method: str) -> SyncClient:
         if self._client_kind == "async":
@@ -237,6 +240,9 @@ class Agent:
                 f"Agent.{method}() needs a synchronous client, but this Agent was given an async "
                 f"one; use the async twin (a{method}) or pass client=anthropic.Anthropic()"
             )
+        client = self._sync_client
+        if client is not None:  # set once, never unset: no lock needed to read it
+            return client  # type: ignore[return-value]
         with self._lock:
             if self._sync_client is None:
                 self._sync_client = anthropic.Anthropic(max_retries=0)
@@ -248,6 +254,9 @@ class Agent:
                 f"Agent.{method}() needs an async client, but this Agent was given a synchronous "
                 f"one; use the sync twin ({method[1:]}) or pass client=anthropic.AsyncAnthropic()"
             )
+        client = self._async_client
+        if client is not None:  # set once, never unset: no lock needed to read it
+            return client  # type: ignore[return-value]
         with self._lock:
             if self._async_client is None:
                 self._async_client = anthropic.AsyncAnthropic(max_retries=0)

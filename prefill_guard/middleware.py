@@ -80,7 +80,7 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         generation = self._begin(request)
         if generation is None:
             return call_next(request)
-        request = request.copy(body=generation.request())
+        request = _first_request(request, generation)
         response: APIResponse[Any] = call_next(request)
         while not response.http_response.is_success:
             response.http_response.read()
@@ -99,7 +99,7 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         generation = self._begin(request)
         if generation is None:
             return await call_next(request)
-        request = request.copy(body=generation.request())
+        request = _first_request(request, generation)
         response: AsyncAPIResponse[Any] = await call_next(request)
         while not response.http_response.is_success:
             await response.http_response.aread()
@@ -127,6 +127,32 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
             return None
         params = {key: value for key, value in body.items() if key != "messages"}
         return self.pipeline.begin(messages, params)
+
+
+def _first_request(request: APIRequest, generation: Generation) -> APIRequest:
+    """The first attempt's request: ``request`` itself when rebuilding it would not change it.
+
+    Rebuilding means ``request.copy()``, which deep-copies the whole original body before
+    replacing it, on every request. It can be skipped when no ``before_send`` hook changed
+    anything and the body's messages are already exactly what ``MessageList.to_api()`` gives
+    back (dicts of only ``role`` and ``content``, the content a str or a list of dicts).
+    """
+    body: Any = request.json
+    if generation.changed_before_send or not _api_shaped(body["messages"]):
+        return request.copy(body=generation.request())
+    return request
+
+
+def _api_shaped(messages: list[Any]) -> bool:
+    for message in messages:
+        if type(message) is not dict or len(message) != 2 or "role" not in message:
+            return False
+        content = message.get("content")
+        if type(content) is not str and (
+            type(content) is not list or any(type(block) is not dict for block in content)
+        ):
+            return False
+    return True
 
 
 def _sdk_will_retry(

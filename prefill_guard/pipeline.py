@@ -8,7 +8,6 @@ driver (:func:`run_sync`) and the asynchronous one (:func:`run_async`), and they
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 from collections.abc import Callable, Generator, Iterable
@@ -18,7 +17,7 @@ from typing import Any, Literal, TypeVar, cast
 from anthropic import APIError
 from anthropic.types import Message
 
-from .messages import MessageList, Snapshot
+from .messages import MessageList, Snapshot, deep_copy
 from .processors import ParamsProcessor, ProcessAPIErrorResult, Processor, RequestParams
 
 __all__ = ["Attempt", "Generation", "Pipeline", "RunResult", "run_async", "run_sync"]
@@ -26,7 +25,23 @@ __all__ = ["Attempt", "Generation", "Pipeline", "RunResult", "run_async", "run_s
 logger = logging.getLogger("prefill_guard")
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., object])
 AnyProcessor = Processor | ParamsProcessor
+
+_APPENDS_ONLY: set[object] = set()
+
+
+def appends_only(hook: F) -> F:
+    """Mark a ``before_send`` function that can change nothing but append messages at the end.
+
+    It must not edit, replace or remove a message, nor change ``params``, directly or through
+    anything it calls. Undoing such a hook after it raises means dropping what it appended, so
+    the pipeline skips the deep copy of the whole conversation that it otherwise takes before
+    every ``before_send`` call: on the happy path, before every request. An override in a
+    subclass is not marked (it is another function) and gets the full copy.
+    """
+    _APPENDS_ONLY.add(hook)
+    return hook
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,7 @@ class _Entry:
     takes_params: bool
     is_async: bool
     before_send: Callable[..., object] | None
+    before_send_appends_only: bool
 
 
 @dataclass(frozen=True)
@@ -121,13 +137,14 @@ def _register(processor: object, where: str) -> _Entry:
         takes_params=_accepts_params(hook),
         is_async=inspect.iscoroutinefunction(hook),
         before_send=before_send,
+        before_send_appends_only=getattr(before_send, "__func__", before_send) in _APPENDS_ONLY,
     )
 
 
 class Pipeline:
     """The ordered processors and the retry cap: validated once, immutable, safe to share."""
 
-    __slots__ = ("_entries", "max_processor_retries")
+    __slots__ = ("_async_entry", "_before_send", "_entries", "max_processor_retries")
 
     def __init__(
         self, processors: Iterable[AnyProcessor] = (), *, max_processor_retries: int = 3
@@ -151,6 +168,13 @@ class Pipeline:
             seen[entry.id] = index
         self._entries = entries
         self.max_processor_retries = max_processor_retries
+        # Looked up on every request, so worked out once here.
+        self._before_send = tuple(
+            (entry.id, entry.before_send, entry.before_send_appends_only)
+            for entry in entries
+            if entry.before_send is not None
+        )
+        self._async_entry = next((entry for entry in entries if entry.is_async), None)
 
     @property
     def processors(self) -> tuple[AnyProcessor, ...]:
@@ -159,13 +183,13 @@ class Pipeline:
 
     def require_sync(self, caller: str) -> None:
         """Refuse a synchronous run that would have to skip an ``async def`` processor."""
-        for entry in self._entries:
-            if entry.is_async:
-                raise TypeError(
-                    f"processor {entry.id!r} has an async process_api_error(); {caller} is "
-                    "synchronous and cannot await it. Use the async twin (agenerate/astream) "
-                    "or register a synchronous processor."
-                )
+        entry = self._async_entry
+        if entry is not None:
+            raise TypeError(
+                f"processor {entry.id!r} has an async process_api_error(); {caller} is "
+                "synchronous and cannot await it. Use the async twin (agenerate/astream) "
+                "or register a synchronous processor."
+            )
 
     def begin(self, messages: MessageList, params: RequestParams) -> Generation:
         """Start one generation over ``messages`` with request ``params``.
@@ -175,9 +199,9 @@ class Pipeline:
         raises is logged and skipped, and what it changed is undone.
         """
         generation = Generation(self, messages, params)
-        for entry in self._entries:
-            if entry.before_send is not None:
-                generation.run_guarded(entry.id, "before_send", entry.before_send)
+        for processor_id, hook, hook_appends_only in self._before_send:
+            if generation.run_guarded(processor_id, "before_send", hook, hook_appends_only):
+                generation.changed_before_send = True
         return generation
 
 
@@ -190,6 +214,9 @@ class Generation:
     def __init__(self, pipeline: Pipeline, messages: MessageList, params: RequestParams) -> None:
         self.messages = messages
         self.params = params
+        self.changed_before_send = False
+        """Whether a ``before_send`` hook may have changed the conversation or the parameters
+        (always assumed for a hook not marked :func:`appends_only`)."""
         self._pipeline = pipeline
         self._retry_counts = [0] * len(pipeline._entries)
         self._processor_retries = 0
@@ -213,14 +240,32 @@ class Generation:
         if request_id is None:
             request_id = getattr(message, "_request_id", None)
         self._attempts.append(Attempt(len(self._attempts) + 1, None, request_id))
-        if not _is_blank(message):
+        if not _is_blank(message.content):
             self.messages.append(message)  # type: ignore[arg-type]  # MessageList converts it
         else:
             logger.warning("the reply (request id %s) has no content; not stored", request_id)
         return RunResult(message, self.messages, self.attempts)
 
-    def run_guarded(self, owner: str, what: str, hook: Callable[..., object]) -> None:
-        """Call ``hook(messages=..., params=...)``; on an exception log it and undo its changes."""
+    def run_guarded(
+        self, owner: str, what: str, hook: Callable[..., object], appends_only: bool = False
+    ) -> bool:
+        """Call ``hook(messages=..., params=...)``; on an exception log it and undo its changes.
+
+        ``appends_only`` (see :func:`appends_only`): the hook can only append messages, so the
+        undo drops what it appended instead of restoring a deep copy. Returns whether the hook
+        may have changed anything (always True for a hook that is not ``appends_only``).
+        """
+        if appends_only:
+            length = len(self.messages)
+            try:
+                hook(messages=self.messages, params=self.params)
+            except Exception:
+                logger.exception("processor %r raised in %s; skipped", owner, what)
+                del self.messages[length:]
+            except BaseException:
+                del self.messages[length:]
+                raise
+            return len(self.messages) != length
         saved = self._save()
         try:
             hook(messages=self.messages, params=self.params)
@@ -230,9 +275,10 @@ class Generation:
         except BaseException:
             self._restore(saved)
             raise
+        return True
 
     def _save(self) -> tuple[Snapshot, RequestParams]:
-        return self.messages.snapshot(), copy.deepcopy(self.params)
+        return self.messages.snapshot(), deep_copy(self.params)
 
     def _restore(self, saved: tuple[Snapshot, RequestParams]) -> None:
         snapshot, params = saved
@@ -322,8 +368,8 @@ class Generation:
         return False
 
 
-def _is_blank(message: Message) -> bool:
-    return all(block.type == "text" and not block.text.strip() for block in message.content)
+def _is_blank(content: list[Any]) -> bool:
+    return all(block.type == "text" and not block.text.strip() for block in content)
 
 
 def _refuse_awaitable(step: Step, result: object) -> TypeError:

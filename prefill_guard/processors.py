@@ -708,17 +708,14 @@ class WhitespaceHandler:
             return None
         repaired: list[RawMessage] = []
         changed = False
-        for index, message in enumerate(messages):
+        for message in messages:
             content = message.get("content")
             if isinstance(content, str):
                 new: Any = content if content.strip() else ""
             else:
                 new = [block for block in content or [] if not _is_blank_text(block)]
-            final_assistant = index == len(messages) - 1 and message.get("role") == "assistant"
-            if final_assistant:
-                new = _rstrip_final_text(new)
-            if new == content and (new or final_assistant):
-                repaired.append(message)  # unchanged (an empty final assistant turn is allowed)
+            if new == content and new:
+                repaired.append(message)
                 continue
             changed = True
             if not new:
@@ -726,6 +723,13 @@ class WhitespaceHandler:
                     continue  # nothing but whitespace: the turn carried nothing
                 new = self.placeholder
             repaired.append({**message, "content": new})
+        # The turn that ends up last (after blank ones were dropped) is the final one.
+        if repaired and repaired[-1].get("role") == "assistant":
+            last = repaired[-1]
+            stripped = _rstrip_final_text(last["content"])
+            if stripped != last["content"]:
+                repaired[-1] = {**last, "content": stripped}
+                changed = True
         if not changed or not repaired:
             return None
         messages[:] = repaired

@@ -261,7 +261,27 @@ def call_with_retries(
     """Send the generation's request until it succeeds or neither loop retries.
 
     On give-up the original exception object is raised unchanged.
+
+    The loops are entered only as far as they are needed: building and driving tenacity's
+    controllers costs more than the rest of the library's work per request. The first request
+    is sent before any controller exists (most succeed). If it fails transiently, the transient
+    loop takes over with that failure as its first attempt (a 529 that succeeds on the retry
+    never builds the processor loop); otherwise, or if the transient loop gives up, the
+    processor loop takes over with the error as the outcome of its first attempt. Every hook,
+    wait, record and decision is the same as if the loops had made those attempts themselves.
     """
+    try:
+        return send(generation.request())
+    except BaseException as error:  # everything tenacity would catch goes on to the loops
+        failure = error
+
+    replay: list[BaseException] = []  # an outcome already seen, given to a loop as an attempt's
+
+    def send_once() -> T:
+        if replay:
+            raise replay.pop()
+        return send(generation.request())
+
     transient = Retrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_attempt(policy.max_retries + 1),
@@ -270,6 +290,12 @@ def call_with_retries(
         before_sleep=_transient_retry_hook(generation, policy),
         reraise=True,
     )
+    if is_transient(failure):  # else the transient loop would re-raise it at once
+        replay.append(failure)
+        try:
+            return transient(send_once)
+        except BaseException as error:
+            failure = error
 
     def should_retry(state: RetryCallState) -> bool:
         error = _failure(state)
@@ -278,14 +304,32 @@ def call_with_retries(
         _report_processor_retry(generation, policy)
         return True
 
+    def attempt() -> T:
+        if replay:
+            raise replay.pop()
+        return transient(send_once)
+
+    replay.append(failure)
     processors = Retrying(retry=should_retry, stop=stop_never, wait=wait_none(), reraise=True)
-    return processors(lambda: transient(lambda: send(generation.request())))
+    return processors(attempt)
 
 
 async def acall_with_retries(
     generation: Generation, policy: RetryPolicy, send: Callable[[dict[str, Any]], Awaitable[T]]
 ) -> T:
     """The async twin of :func:`call_with_retries`; ``async def`` processors are awaited."""
+    try:
+        return await send(generation.request())
+    except BaseException as error:  # cancellation too: the loops below see it as tenacity would
+        failure = error
+
+    replay: list[BaseException] = []
+
+    async def send_once() -> T:  # coroutine functions, so tenacity awaits them
+        if replay:
+            raise replay.pop()
+        return await send(generation.request())
+
     transient = AsyncRetrying(
         retry=retry_if_exception(is_transient),
         stop=stop_after_attempt(policy.max_retries + 1),
@@ -294,6 +338,12 @@ async def acall_with_retries(
         before_sleep=_transient_retry_hook(generation, policy),
         reraise=True,
     )
+    if is_transient(failure):
+        replay.append(failure)
+        try:
+            return await transient(send_once)
+        except BaseException as error:
+            failure = error
 
     async def should_retry(state: RetryCallState) -> bool:
         error = _failure(state)
@@ -302,11 +352,11 @@ async def acall_with_retries(
         _report_processor_retry(generation, policy)
         return True
 
-    async def send_once() -> T:  # coroutine functions, so tenacity awaits them
-        return await send(generation.request())
-
     async def attempt() -> T:
+        if replay:
+            raise replay.pop()
         return await transient(send_once)
 
+    replay.append(failure)
     processors = AsyncRetrying(retry=should_retry, stop=stop_never, wait=wait_none(), reraise=True)
     return await processors(attempt)
