@@ -184,3 +184,36 @@ def test_json_round_trip_is_the_identity(raw: list[dict[str, Any]]) -> None:
     messages = MessageList(raw)
     assert MessageList.from_json(messages.to_json()) == messages
     assert list(MessageList.from_json(messages.to_json())) == raw
+
+
+@given(_json_values)
+def test_deep_copy_equals_copy_deepcopy_and_shares_nothing_mutable(value: Any) -> None:
+    """Property: the fast deep_copy gives what copy.deepcopy gives, with no shared containers."""
+    import copy as stdlib_copy
+
+    from prefill_guard.messages import deep_copy
+
+    twin = deep_copy(value)
+    assert twin == stdlib_copy.deepcopy(value)
+
+    def containers(obj: Any) -> list[int]:
+        if isinstance(obj, dict):
+            return [id(obj), *(i for item in obj.values() for i in containers(item))]
+        if isinstance(obj, list):
+            return [id(obj), *(i for item in obj for i in containers(item))]
+        return []
+
+    assert not set(containers(twin)) & set(containers(value))
+
+
+def test_deep_copy_keeps_shared_and_cyclic_structure() -> None:
+    """Shared references stay shared and cycles stay cycles, as with copy.deepcopy."""
+    from prefill_guard.messages import deep_copy
+
+    shared: list[Any] = [1]
+    cyclic: dict[str, Any] = {"a": shared, "b": shared}
+    cyclic["self"] = cyclic
+    twin = deep_copy(cyclic)
+    assert twin["a"] is twin["b"]
+    assert twin["a"] is not shared
+    assert twin["self"] is twin
