@@ -65,6 +65,21 @@ class SwitchModel:
         return ProcessAPIErrorResult(retry=True)
 
 
+class ErrorRecorder:
+    """A test processor that records every error it is shown and never asks to retry."""
+
+    id = "error-recorder"
+
+    def __init__(self) -> None:
+        self.errors: list[anthropic.APIError] = []
+
+    def process_api_error(
+        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        self.errors.append(error)
+        return None
+
+
 class AsyncPrefillRepair:
     """An ``async def`` processor doing PrefillErrorHandler's repair, for the async drivers."""
 

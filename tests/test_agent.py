@@ -24,7 +24,7 @@ from prefill_guard.testing import (
     Fault,
 )
 
-from .conftest import AsyncPrefillRepair, SwitchModel
+from .conftest import AsyncPrefillRepair, ErrorRecorder, SwitchModel
 
 MODEL = "claude-opus-4-6"
 ENDS_WITH_ASSISTANT = [
@@ -35,21 +35,6 @@ REMINDER_ON_WIRE = {"role": "user", "content": "<system-reminder>continue</syste
 PREFILL_FAULT = Fault(
     400, {"type": "error", "error": {"type": "invalid_request_error", "message": PREFILL_MESSAGE}}
 )
-
-
-class Capture:
-    """Records every error object a pipeline hands to processors; never retries."""
-
-    id = "capture"
-
-    def __init__(self) -> None:
-        self.errors: list[anthropic.APIError] = []
-
-    def process_api_error(
-        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
-    ) -> ProcessAPIErrorResult | None:
-        self.errors.append(error)
-        return None
 
 
 def _wire_messages(emulator: AnthropicEmulator) -> list[list[dict[str, Any]]]:
@@ -103,7 +88,7 @@ def test_persistent_rejection_gives_two_requests_then_the_original_error(
 ) -> None:
     """retry_count 1 means no second repair: 2 requests, then the SDK's own exception object."""
     anthropic_emulator.script(PREFILL_FAULT, PREFILL_FAULT)
-    capture = Capture()
+    capture = ErrorRecorder()
     with anthropic_emulator.client() as client:
         agent = Agent(MODEL, client=client, error_processors=[PrefillErrorHandler(), capture])
         with pytest.raises(anthropic.BadRequestError) as info:

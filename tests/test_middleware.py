@@ -9,7 +9,6 @@ import pytest
 
 from prefill_guard import (
     ErrorProcessorMiddleware,
-    MessageList,
     PrefillErrorHandler,
     ProcessAPIErrorResult,
     guard,
@@ -17,7 +16,7 @@ from prefill_guard import (
 from prefill_guard.errors import api_message
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, PREFILL_MESSAGE, AnthropicEmulator, Fault
 
-from .conftest import AsyncPrefillRepair
+from .conftest import AsyncPrefillRepair, ErrorRecorder
 
 MODEL = "claude-opus-4-6"
 ENDS_WITH_ASSISTANT: list[Any] = [
@@ -29,21 +28,6 @@ PREFILL_400 = Fault(
     400, {"type": "error", "error": {"type": "invalid_request_error", "message": PREFILL_MESSAGE}}
 )
 REACTIVE = [PrefillErrorHandler()]
-
-
-class Recorder:
-    """Records the errors it is shown; never retries."""
-
-    id = "recorder"
-
-    def __init__(self) -> None:
-        self.errors: list[anthropic.APIError] = []
-
-    def process_api_error(
-        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
-    ) -> ProcessAPIErrorResult | None:
-        self.errors.append(error)
-        return None
 
 
 def _wire(emulator: AnthropicEmulator) -> list[list[dict[str, Any]]]:
@@ -138,7 +122,7 @@ def test_other_errors_pass_through_after_one_request(
     anthropic_emulator: AnthropicEmulator,
 ) -> None:
     """A non-prefill 400 reaches the processors (as the SDK's typed error) and the caller."""
-    recorder = Recorder()
+    recorder = ErrorRecorder()
     with anthropic_emulator.client() as client, pytest.raises(anthropic.BadRequestError):
         guard(client, [PrefillErrorHandler(), recorder]).messages.create(
             model=MODEL, max_tokens=64, messages=[{"role": "user", "content": " "}]
@@ -152,7 +136,7 @@ def test_transient_errors_are_left_to_the_sdks_retries(
 ) -> None:
     """A 529 the SDK will retry is not shown to processors; its last one is."""
     anthropic_emulator.script(Fault(529), Fault(529), Fault(529))
-    recorder = Recorder()
+    recorder = ErrorRecorder()
     with (
         anthropic_emulator.client(max_retries=2) as client,
         pytest.raises(anthropic.OverloadedError),
@@ -205,7 +189,7 @@ def test_requests_it_does_not_understand_pass_through(
     anthropic_emulator: AnthropicEmulator,
 ) -> None:
     """A non-Messages endpoint is never given to processors nor rewritten."""
-    recorder = Recorder()
+    recorder = ErrorRecorder()
     with anthropic_emulator.client() as client, pytest.raises(anthropic.NotFoundError):
         guard(client, [recorder]).messages.count_tokens(
             model=MODEL, messages=[{"role": "user", "content": "hi"}]

@@ -22,13 +22,12 @@ import pytest
 from prefill_guard import (
     MessageList,
     PrefillErrorHandler,
-    ProcessAPIErrorResult,
     is_system_reminder,
     partial_text,
 )
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, PREFILL_MESSAGE, Fault
 
-from .conftest import Harness, SwitchModel
+from .conftest import ErrorRecorder, Harness, SwitchModel
 
 USER_ONLY = [{"role": "user", "content": "Tell me a joke."}]
 ENDS_WITH_ASSISTANT = [
@@ -303,19 +302,7 @@ async def test_exhausted_disconnects_reach_the_processors_as_api_errors(harness:
     """Streams and plain calls alike: a dropped connection is an APIConnectionError, and once
     the transient budget is spent, the processors see it."""
 
-    class Seen:
-        id = "seen"
-
-        def __init__(self) -> None:
-            self.errors: list[BaseException] = []
-
-        def process_api_error(
-            self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
-        ) -> ProcessAPIErrorResult | None:
-            self.errors.append(error)
-            return None
-
-    seen = Seen()
+    seen = ErrorRecorder()
     harness.emulator.script(*(Fault.disconnect(),) * 3)
     with pytest.raises(anthropic.APIConnectionError):
         await harness.run(harness.agent(error_processors=[seen]), USER_ONLY)
