@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from anthropic import APIError, APIStatusError, NotGiven, Omit
 
 from .errors import api_message
-from .messages import SYSTEM_REMINDER_KEY, MessageList, RawMessage
+from .messages import MessageList, RawMessage, system_reminder
 
 __all__ = [
     "INTERRUPTED_TOOL_RESULT",
@@ -319,18 +319,12 @@ def append_system_reminder(messages: MessageList, text: str, reminder_type: str)
     ("interrupted") for each of those calls first, followed by the reminder text block: still
     one hidden message.
     """
-    reminder = f"<system-reminder>{text}</system-reminder>"
+    reminder = system_reminder(text, reminder_type)
     pending = _tool_use_ids(messages.last)
-    content: str | list[dict[str, Any]] = reminder
     if pending:
-        content = [*interrupted_tool_results(pending), {"type": "text", "text": reminder}]
-    messages.append(
-        {
-            "role": "user",
-            "content": content,
-            "metadata": {SYSTEM_REMINDER_KEY: {"type": reminder_type}},
-        }
-    )
+        text_block = {"type": "text", "text": reminder["content"]}
+        reminder["content"] = [*interrupted_tool_results(pending), text_block]
+    messages.append(reminder)
     return messages[-1]
 
 
