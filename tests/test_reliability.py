@@ -270,10 +270,12 @@ async def test_dropped_connection_after_content_is_not_retried(harness: Harness)
     assert_invariants(conversation, USER_ONLY, ok=False)
 
 
+@pytest.mark.parametrize("driver", ["agenerate", "astream"])
 async def test_cancelling_during_backoff_leaves_no_task_and_a_consistent_history(
-    anthropic_emulator: Any,
+    anthropic_emulator: Any, driver: str
 ) -> None:
-    """Cancel agenerate while it waits to retry a 529: no stray task, history as it was."""
+    """Cancel agenerate / astream while it waits to retry a 529: no stray task, history as
+    it was."""
     from prefill_guard import Agent
 
     anthropic_emulator.script(Fault(529, headers={"retry-after": "30"}))
@@ -284,10 +286,18 @@ async def test_cancelling_during_backoff_leaves_no_task_and_a_consistent_history
         await asyncio.Event().wait()
 
     conversation = MessageList(USER_ONLY)
+
+    async def run(agent: Agent) -> None:
+        if driver == "agenerate":
+            await agent.agenerate(conversation)
+            return
+        async with agent.astream(conversation) as stream:
+            await stream.get_final_message()
+
     async with anthropic_emulator.async_client() as client:
         agent = Agent("claude-opus-4-6", client=client, sleep=sleep_forever)
         before = set(asyncio.all_tasks())
-        task = asyncio.create_task(agent.agenerate(conversation))
+        task = asyncio.create_task(run(agent))
         await waiting.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -334,37 +344,6 @@ async def test_on_retry_details_and_the_log_line(
     lines = [r.getMessage() for r in caplog.records if r.name == "prefill_guard"]
     assert any(first.request_id in line and "transient" in line for line in lines)
     assert not any("Tell me a joke" in line or "Why did the" in line for line in lines)
-
-
-async def test_cancelling_astream_during_backoff(anthropic_emulator: Any) -> None:
-    """Cancel astream while it waits to retry a 529: no stray task, history as it was."""
-    from prefill_guard import Agent
-
-    anthropic_emulator.script(Fault(529))
-    waiting = asyncio.Event()
-
-    async def sleep_forever(seconds: float) -> None:
-        waiting.set()
-        await asyncio.Event().wait()
-
-    conversation = MessageList(USER_ONLY)
-
-    async def consume(agent: Agent) -> None:
-        async with agent.astream(conversation) as stream:
-            await stream.get_final_message()
-
-    async with anthropic_emulator.async_client() as client:
-        agent = Agent("claude-opus-4-6", client=client, sleep=sleep_forever)
-        before = set(asyncio.all_tasks())
-        task = asyncio.create_task(consume(agent))
-        await waiting.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.sleep(0)
-        assert set(asyncio.all_tasks()) == before
-    assert len(anthropic_emulator.message_requests) == 1
-    assert conversation.to_api() == USER_ONLY
 
 
 async def test_a_stream_cut_short_cleanly_is_not_taken_for_a_reply(harness: Harness) -> None:
