@@ -244,3 +244,18 @@ def test_command_errors_are_one_clear_line(
     assert text in lines[-1]
     assert "Traceback" not in result.stderr
     assert len([line for line in lines if ": error: " in line]) == 1
+
+
+def test_emulator_on_a_busy_port_is_one_clear_line() -> None:
+    """A port already in use: exit code 2 and one line naming the address, no traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run("emulator", "--port", str(port))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"prefill-guard: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
