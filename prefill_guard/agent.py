@@ -26,6 +26,7 @@ AnthropicClient = SyncClient | AsyncClient
 MessagesInput = str | MessageList | Iterable[Any]
 
 _RESERVED = ("messages", "stream")
+_RESERVED_KEYS = frozenset(_RESERVED)
 _CALLERS = {
     method: f"Agent.{method}()" for method in ("generate", "agenerate", "stream", "astream")
 }
@@ -214,10 +215,10 @@ class Agent:
         thread_id: str | None,
     ) -> tuple[Generation, _ThreadRun | None]:
         caller = _CALLERS[method]
-        if params:
-            _check_params(params, caller)
+        _check_params(params, caller)
         if method in ("generate", "stream"):
             self._pipeline.require_sync(caller)
+        # The Generation deep-copies the values before anything may change them (not per call).
         merged: RequestParams = {"model": self._model, **self._defaults}
         if self._instructions is not None:
             merged["system"] = self._instructions
@@ -232,7 +233,7 @@ class Agent:
             raise TypeError(f"{caller} needs messages, or a thread_id to continue a thread")
         else:
             conversation = _as_message_list(messages)
-        return self._pipeline.begin(conversation, deep_copy(merged)), thread
+        return self._pipeline.begin(conversation, merged), thread
 
     def _sync_client_for(self, method: str) -> SyncClient:
         if self._client_kind == "async":
@@ -292,6 +293,8 @@ class _ThreadRun:
 
 
 def _check_params(params: dict[str, Any], where: str) -> None:
+    if _RESERVED_KEYS.isdisjoint(params):
+        return
     for key in _RESERVED:
         if key in params:
             hint = (
@@ -303,6 +306,8 @@ def _check_params(params: dict[str, Any], where: str) -> None:
 
 
 def _as_message_list(messages: MessagesInput) -> MessageList:
+    if type(messages) is list:  # the common case, before the slower abstract-class check
+        return MessageList(messages)
     if isinstance(messages, MessageList):
         return messages
     if isinstance(messages, str):

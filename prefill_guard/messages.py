@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, MutableSequence
 from typing import Any, Literal, TypeVar, cast, overload
 
 from anthropic import BaseModel
-from anthropic.types import MessageParam
+from anthropic.types import Message, MessageParam, TextBlock
 
 __all__ = [
     "SYSTEM_REMINDER_KEY",
@@ -116,6 +116,13 @@ def _where(index: int, block: int | None = None) -> str:
 
 
 def _block_to_dict(block: Any, index: int, position: int) -> dict[str, Any]:
+    if (
+        type(block) is TextBlock
+        and block.citations is None
+        and not block.__pydantic_extra__
+        and type(block.text) is str
+    ):  # a reply's plain text block: exactly its model_dump(mode="json", exclude_none=True)
+        return {"text": block.text, "type": "text"}
     # A plain dict, the common case, skips the abstract-class checks.
     fresh = type(block) is not dict and isinstance(block, BaseModel)
     if fresh:  # model_dump(mode="json") builds new objects: nothing is shared with the reply's
@@ -133,16 +140,10 @@ def _block_to_dict(block: Any, index: int, position: int) -> dict[str, Any]:
 
 def _validate(message: Any, index: int) -> RawMessage:
     """Return a private, validated copy of one message, or raise naming the index and problem."""
-    if (
-        type(message) is dict
-        and len(message) == 2
-        and type(message.get("content")) is str
-        and type(role := message.get("role")) is str
-        and role in _ROLES
-    ):  # the commonest message of all; what the general path below returns for it
-        return dict(message)
     if type(message) is not dict:  # a plain dict, the common case, needs neither check
-        if isinstance(message, BaseModel) and getattr(message, "type", None) == "message":
+        if (type(message) is Message or isinstance(message, BaseModel)) and getattr(
+            message, "type", None
+        ) == "message":
             # An anthropic ``Message`` response: keep its content as an assistant turn.
             role, blocks = message.role, list(message.content)  # type: ignore[attr-defined]
             if type(role) is str and role in _ROLES:  # always: what the checks below return
@@ -215,7 +216,42 @@ class MessageList(MutableSequence[RawMessage]):
             raise TypeError(
                 f"messages must be a list of message dicts, got {type(messages).__name__}"
             )
-        self._messages = [_validate(m, i) for i, m in enumerate(messages)]
+        self._messages = [
+            dict(m)  # the commonest message, inline: exactly what _validate would return
+            if type(m) is dict
+            and len(m) == 2
+            and type(m.get("content")) is str
+            and type(role := m.get("role")) is str
+            and role in _ROLES
+            else _validate(m, i)
+            for i, m in enumerate(messages)
+        ]
+
+    @classmethod
+    def _borrow(cls, messages: list[Any]) -> MessageList | None:
+        """A list over the very dicts of ``messages``, if they are valid and API-shaped as given.
+
+        Nothing is copied, so the result must not be changed in place; the middleware uses it
+        for a request body that it copies only once something may change it (see
+        :meth:`Pipeline.begin`). ``None`` when any message needs the general path.
+        """
+        for message in messages:
+            if type(message) is not dict or len(message) != 2:
+                return None
+            role = message.get("role")
+            if type(role) is not str or role not in _ROLES:
+                return None
+            content = message.get("content")
+            if type(content) is str:
+                continue
+            if type(content) is not list:
+                return None
+            for block in content:
+                if type(block) is not dict or type(block.get("type")) is not str:
+                    return None
+        borrowed = cls()
+        borrowed._messages = list(messages)
+        return borrowed
 
     # -- MutableSequence -------------------------------------------------------------
     @overload
@@ -254,8 +290,8 @@ class MessageList(MutableSequence[RawMessage]):
         self._messages.insert(index, _validate(value, index))
 
     def append(self, value: RawMessage) -> None:
-        """Append a validated copy of ``value`` (``insert`` at the end, as ``list`` does it)."""
-        self.insert(len(self._messages), value)
+        """Append a validated copy of ``value``."""
+        self._messages.append(_validate(value, len(self._messages)))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, MessageList):

@@ -120,12 +120,18 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         body = request.json
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return None
+        params = dict(body)
+        del params["messages"]
+        # The common case, a body already in the API's shape, is used without a copy until a
+        # processor (or a hook that is not append-only) may change it; see Pipeline.begin.
+        messages = MessageList._borrow(body["messages"])
+        if messages is not None and self.pipeline.appends_only_before_send:
+            return self.pipeline.begin(messages, params, borrowed=True)
         try:
             messages = MessageList(body["messages"])
         except (TypeError, ValueError) as exc:
             logger.debug("passing a Messages request through untouched: %s", exc)
             return None
-        params = {key: value for key, value in body.items() if key != "messages"}
         return self.pipeline.begin(messages, params)
 
 
@@ -134,25 +140,12 @@ def _first_request(request: APIRequest, generation: Generation) -> APIRequest:
 
     Rebuilding means ``request.copy()``, which deep-copies the whole original body before
     replacing it, on every request. It can be skipped when no ``before_send`` hook changed
-    anything and the body's messages are already exactly what ``MessageList.to_api()`` gives
-    back (dicts of only ``role`` and ``content``, the content a str or a list of dicts).
+    anything and the body's messages were already exactly what ``MessageList.to_api()`` gives
+    back (the generation then borrowed them: dicts of only ``role`` and ``content``).
     """
-    body: Any = request.json
-    if generation.changed_before_send or not _api_shaped(body["messages"]):
+    if generation.changed_before_send or not generation.borrowed:
         return request.copy(body=generation.request())
     return request
-
-
-def _api_shaped(messages: list[Any]) -> bool:
-    for message in messages:
-        if type(message) is not dict or len(message) != 2 or "role" not in message:
-            return False
-        content = message.get("content")
-        if type(content) is not str and (
-            type(content) is not list or any(type(block) is not dict for block in content)
-        ):
-            return False
-    return True
 
 
 def _sdk_will_retry(

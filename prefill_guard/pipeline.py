@@ -144,7 +144,13 @@ def _register(processor: object, where: str) -> _Entry:
 class Pipeline:
     """The ordered processors and the retry cap: validated once, immutable, safe to share."""
 
-    __slots__ = ("_async_entry", "_before_send", "_entries", "max_processor_retries")
+    __slots__ = (
+        "_async_entry",
+        "_before_send",
+        "_entries",
+        "appends_only_before_send",
+        "max_processor_retries",
+    )
 
     def __init__(
         self, processors: Iterable[AnyProcessor] = (), *, max_processor_retries: int = 3
@@ -175,6 +181,9 @@ class Pipeline:
             if entry.before_send is not None
         )
         self._async_entry = next((entry for entry in entries if entry.is_async), None)
+        self.appends_only_before_send = all(flag for _, _, flag in self._before_send)
+        """Whether every ``before_send`` hook is marked :func:`appends_only` (or there is none):
+        then no hook can change a message, and a borrowed conversation stays unchanged."""
 
     @property
     def processors(self) -> tuple[AnyProcessor, ...]:
@@ -191,14 +200,21 @@ class Pipeline:
                 "or register a synchronous processor."
             )
 
-    def begin(self, messages: MessageList, params: RequestParams) -> Generation:
+    def begin(
+        self, messages: MessageList, params: RequestParams, *, borrowed: bool = False
+    ) -> Generation:
         """Start one generation over ``messages`` with request ``params``.
 
         Processors with an optional ``before_send(*, messages, params)`` hook (such as the
         adaptive prefill guard) may prepare the request before its first attempt. A hook that
         raises is logged and skipped, and what it changed is undone.
+
+        ``params`` is the generation's own dict, but the values in it may be shared with the
+        caller: they are deep-copied before any code that may change them runs (a processor,
+        or a ``before_send`` hook not marked :func:`appends_only`), so that the happy path
+        copies nothing. ``borrowed`` says the same of the message dicts in ``messages``.
         """
-        generation = Generation(self, messages, params)
+        generation = Generation(self, messages, params, borrowed=borrowed)
         for processor_id, hook, hook_appends_only in self._before_send:
             if generation.run_guarded(processor_id, "before_send", hook, hook_appends_only):
                 generation.changed_before_send = True
@@ -209,18 +225,56 @@ class Generation:
     """One generation's mutable state: the conversation, the parameters, counts and attempts.
 
     Made per call and never shared, which is what keeps an Agent safe across threads and tasks.
+    Thousands may be in flight at once, so it holds as few objects as it can: the per-processor
+    retry counts exist only once a processor has been consulted.
     """
 
-    def __init__(self, pipeline: Pipeline, messages: MessageList, params: RequestParams) -> None:
+    __slots__ = (
+        "_attempts",
+        "_borrowed",
+        "_owns_params",
+        "_pipeline",
+        "_processor_retries",
+        "_retry_counts",
+        "changed_before_send",
+        "messages",
+        "params",
+    )
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        messages: MessageList,
+        params: RequestParams,
+        *,
+        borrowed: bool = False,
+    ) -> None:
         self.messages = messages
         self.params = params
+        self._borrowed = borrowed
+        self._owns_params = False
         self.changed_before_send = False
         """Whether a ``before_send`` hook may have changed the conversation or the parameters
         (always assumed for a hook not marked :func:`appends_only`)."""
         self._pipeline = pipeline
-        self._retry_counts = [0] * len(pipeline._entries)
+        self._retry_counts: list[int] | None = None
         self._processor_retries = 0
         self._attempts: list[Attempt] = []
+
+    @property
+    def borrowed(self) -> bool:
+        """Whether ``messages`` still shares its message dicts with the caller (see
+        :meth:`Pipeline.begin`): nothing has run yet that could change them."""
+        return self._borrowed
+
+    def _own(self) -> None:
+        """Take private copies of what may be shared before code that may change it runs."""
+        if not self._owns_params:
+            self.params = deep_copy(self.params)
+            self._owns_params = True
+        if self._borrowed:
+            self.messages = self.messages.copy()
+            self._borrowed = False
 
     @property
     def attempts(self) -> tuple[Attempt, ...]:
@@ -239,12 +293,13 @@ class Generation:
         """
         if request_id is None:
             request_id = getattr(message, "_request_id", None)
-        self._attempts.append(Attempt(len(self._attempts) + 1, None, request_id))
-        if not _is_blank(message.content):
-            self.messages.append(message)  # type: ignore[arg-type]  # MessageList converts it
-        else:
+        attempts = self._attempts
+        attempts.append(Attempt(len(attempts) + 1, None, request_id))
+        if _is_blank(message.content):
             logger.warning("the reply (request id %s) has no content; not stored", request_id)
-        return RunResult(message, self.messages, self.attempts)
+        else:
+            self.messages.append(message)  # type: ignore[arg-type]  # MessageList converts it
+        return RunResult(message, self.messages, tuple(attempts))
 
     def run_guarded(
         self, owner: str, what: str, hook: Callable[..., object], appends_only: bool = False
@@ -266,6 +321,7 @@ class Generation:
                 del self.messages[length:]
                 raise
             return len(self.messages) != length
+        self._own()
         saved = self._save()
         try:
             hook(messages=self.messages, params=self.params)
@@ -310,11 +366,16 @@ class Generation:
         try:
             if not isinstance(error, APIError) or not self._entries_allowed(error):
                 return False
-            for index, entry in enumerate(self._pipeline._entries):
+            self._own()
+            entries = self._pipeline._entries
+            if self._retry_counts is None:
+                self._retry_counts = [0] * len(entries)
+            retry_counts = self._retry_counts
+            for index, entry in enumerate(entries):
                 kwargs: dict[str, Any] = {
                     "error": error,
                     "messages": self.messages,
-                    "retry_count": self._retry_counts[index],
+                    "retry_count": retry_counts[index],
                 }
                 if entry.takes_params:
                     kwargs["params"] = self.params
@@ -340,7 +401,7 @@ class Generation:
                         type(result).__name__,
                     )
                 elif result is not None and result.retry:
-                    self._retry_counts[index] += 1
+                    retry_counts[index] += 1
                     self._processor_retries += 1
                     retried_by = entry.id
                     return True

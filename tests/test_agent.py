@@ -366,6 +366,52 @@ def test_processors_never_change_the_agents_defaults(anthropic_emulator: Anthrop
     assert agent.default_params["stop_sequences"] == ["END"]
 
 
+def test_processors_never_change_the_callers_params(anthropic_emulator: AnthropicEmulator) -> None:
+    """Per-call params are copied before a processor edits them in place, not on every call."""
+
+    class EditsNested:
+        id = "edits-nested"
+
+        def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
+            kwargs["params"]["stop_sequences"].append("LEAK")
+            return PrefillErrorHandler().process_api_error(
+                error=kwargs["error"], messages=kwargs["messages"], retry_count=0
+            )
+
+    stop = ["END"]
+    with anthropic_emulator.client() as client:
+        agent = Agent(MODEL, client=client, error_processors=[EditsNested()])
+        agent.generate(ENDS_WITH_ASSISTANT, stop_sequences=stop)
+    sent = [r.body["stop_sequences"] for r in anthropic_emulator.message_requests]
+    assert sent == [["END"], ["END", "LEAK"]]
+    assert stop == ["END"]
+
+
+def test_a_before_send_hook_never_changes_the_agents_defaults(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """A before_send hook (not append-only) edits a copy of the params, every call afresh."""
+
+    class EditsBeforeSend:
+        id = "edits-before-send"
+
+        def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
+            params["stop_sequences"].append("HOOK")
+
+        def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
+            return None
+
+    with anthropic_emulator.client() as client:
+        agent = Agent(
+            MODEL, client=client, error_processors=[EditsBeforeSend()], stop_sequences=["END"]
+        )
+        agent.generate("one")
+        agent.generate("two")
+    sent = [r.body["stop_sequences"] for r in anthropic_emulator.message_requests]
+    assert sent == [["END", "HOOK"], ["END", "HOOK"]]
+    assert agent.default_params["stop_sequences"] == ["END"]
+
+
 def test_settings_are_read_only() -> None:
     """An Agent is immutable after construction: its settings cannot be reassigned."""
     agent = Agent(MODEL, stop_sequences=["END"])

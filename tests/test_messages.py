@@ -217,3 +217,71 @@ def test_deep_copy_keeps_shared_and_cyclic_structure() -> None:
     assert twin["a"] is twin["b"]
     assert twin["a"] is not shared
     assert twin["self"] is twin
+
+
+_any_message = _message | st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "assistant", "system"]),
+        "content": st.text()
+        | st.integers()
+        | st.lists(st.fixed_dictionaries({"text": st.text()}) | st.text(), max_size=2),
+    }
+)
+
+
+def _api_shaped(message: Any) -> bool:
+    content = message["content"]
+    return (
+        set(message) == {"role", "content"}
+        and message["role"] in ("user", "assistant")
+        and (
+            isinstance(content, str)
+            or (
+                isinstance(content, list)
+                and all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in content)
+            )
+        )
+    )
+
+
+@given(st.lists(_any_message, max_size=5))
+def test_borrowing_agrees_with_copying(raw: list[dict[str, Any]]) -> None:
+    """Property: _borrow() gives exactly MessageList(raw), over the caller's own dicts, when
+    every message is valid and API-shaped, and None otherwise (the copying path decides)."""
+    borrowed = MessageList._borrow(raw)
+    if not all(_api_shaped(m) for m in raw):
+        assert borrowed is None
+        return
+    assert borrowed is not None
+    assert borrowed == MessageList(raw)
+    assert all(ours is theirs for ours, theirs in zip(borrowed, raw, strict=True))
+    borrowed.add("user", "more")
+    assert len(raw) == len(borrowed) - 1
+
+
+_citation = st.fixed_dictionaries(
+    {
+        "type": st.just("char_location"),
+        "cited_text": st.text(max_size=5),
+        "document_index": st.integers(0, 3),
+        "document_title": st.none() | st.text(max_size=5),
+        "start_char_index": st.integers(0, 9),
+        "end_char_index": st.integers(0, 9),
+    }
+)
+_text_block = st.fixed_dictionaries(
+    {"type": st.just("text"), "text": st.text()},
+    optional={"citations": st.none() | st.lists(_citation, max_size=2), "extra": st.text()},
+)
+
+
+@given(st.lists(_text_block, min_size=1, max_size=3), st.booleans())
+def test_a_reply_is_stored_as_its_json_dump(blocks: list[dict[str, Any]], validated: bool) -> None:
+    """Property: a reply's blocks are stored as model_dump(mode="json", exclude_none=True),
+    for validated and constructed replies alike (the SDK constructs them unvalidated)."""
+    body = {**_reply().model_dump(), "content": blocks}
+    reply = Message.model_validate(body) if validated else Message.construct(**body)
+    expected = [b.model_dump(mode="json", exclude_none=True) for b in reply.content]
+    stored = MessageList([reply])[0]
+    assert stored == {"role": "assistant", "content": expected}
+    assert [list(b) for b in stored["content"]] == [list(b) for b in expected]  # key order too

@@ -278,3 +278,70 @@ def test_bedrock_client_is_guarded_end_to_end(anthropic_emulator: AnthropicEmula
     requests = anthropic_emulator.message_requests
     assert [r.path for r in requests] == ["/model/anthropic.claude-opus-4-6-v1:0/invoke"] * 2
     assert requests[-1].body["messages"][-1] == REMINDER_ON_WIRE
+
+
+class _EditsInPlace:
+    """Repairs the prefill 400 after editing a message and a nested parameter in place."""
+
+    id = "edits-in-place"
+
+    def process_api_error(
+        self,
+        *,
+        error: anthropic.APIError,
+        messages: Any,
+        retry_count: int,
+        params: dict[str, Any],
+    ) -> ProcessAPIErrorResult | None:
+        messages[-1]["content"] += " (edited)"
+        params["stop_sequences"].append("LEAK")
+        return PrefillErrorHandler().process_api_error(
+            error=error, messages=messages, retry_count=retry_count
+        )
+
+
+def test_in_place_edits_never_reach_the_sdks_own_request(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """The body is used without a copy until processors run; their edits stay in the repair.
+
+    The repaired request meets a 529 that the SDK retries from its own copy of the request:
+    that retry must go out exactly as the caller wrote it, and the caller's data is unchanged.
+    """
+    anthropic_emulator.script(PREFILL_400, Fault(529, headers={"retry-after-ms": "1"}))
+    messages: list[Any] = [dict(m) for m in ENDS_WITH_ASSISTANT]
+    stop = ["END"]
+    with anthropic_emulator.client(max_retries=1) as client:
+        guard(client, [_EditsInPlace()]).messages.create(
+            model=MODEL, max_tokens=64, messages=messages, stop_sequences=stop
+        )
+    sent = [(r.body["messages"], r.body["stop_sequences"]) for r in anthropic_emulator.requests]
+    edited = [ENDS_WITH_ASSISTANT[0], {"role": "assistant", "content": "Here is one (edited)"}]
+    repaired = ([*edited, REMINDER_ON_WIRE], ["END", "LEAK"])
+    assert sent == [(ENDS_WITH_ASSISTANT, ["END"]), repaired] * 2
+    assert messages == ENDS_WITH_ASSISTANT
+    assert stop == ["END"]
+
+
+def test_a_request_the_hooks_leave_alone_is_sent_as_the_sdk_built_it(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """No hook changed anything: the middleware hands on the SDK's own request, not a copy."""
+
+    class Spy(anthropic.Middleware):
+        def __init__(self) -> None:
+            self.requests: list[anthropic.APIRequest] = []
+
+        def handle(self, request: anthropic.APIRequest, call_next: Any) -> Any:
+            self.requests.append(request)
+            return call_next(request)
+
+    outer, inner = Spy(), Spy()
+    with anthropic_emulator.client(middleware=[outer, ErrorProcessorMiddleware(), inner]) as client:
+        client.messages.create(
+            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+        )
+        client.messages.create(model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT)
+    assert inner.requests[0] is outer.requests[0]
+    assert inner.requests[1] is not outer.requests[1]  # the adaptive guard added the reminder
+    assert _wire(anthropic_emulator)[1] == [*ENDS_WITH_ASSISTANT, REMINDER_ON_WIRE]
