@@ -245,6 +245,45 @@ def _transient_retry_hook(
     return before_sleep
 
 
+def _transient_loop(
+    generation: Generation, policy: RetryPolicy, sleep: Callable[[float], None]
+) -> Retrying:
+    """The controller of the transient loop: which failures are retried, how often, how long."""
+    return Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_attempt(policy.max_retries + 1),
+        wait=policy.wait,
+        sleep=sleep,
+        before_sleep=_transient_retry_hook(generation, policy),
+        reraise=True,
+    )
+
+
+async def _aretry_transient(
+    generation: Generation,
+    policy: RetryPolicy,
+    send: Callable[[dict[str, Any]], Awaitable[T]],
+    replay: list[BaseException],
+) -> T:
+    """The transient loop of an async run; ``replay`` holds a failure already seen, if any.
+
+    Tenacity's synchronous controller decides every retry and wait through its documented
+    ``for attempt in`` protocol; its ``sleep`` only notes the wait, which is awaited here
+    before the next attempt. ``AsyncRetrying`` makes the same decisions at several times the
+    CPU cost per attempt (it checks every callback for being a coroutine function on every
+    step), which thousands of concurrent conversations meeting a 529 pay in throughput.
+    """
+    waits: list[float] = []
+    for attempt in _transient_loop(generation, policy, waits.append):
+        if waits:
+            await policy._async_sleep(waits.pop())
+        with attempt:
+            if replay:
+                raise replay.pop()
+            result = await send(generation.request())
+    return result
+
+
 def _report_processor_retry(generation: Generation, policy: RetryPolicy) -> None:
     attempt = generation.attempts[-1]
     assert attempt.error is not None
@@ -282,14 +321,7 @@ def call_with_retries(
             raise replay.pop()
         return send(generation.request())
 
-    transient = Retrying(
-        retry=retry_if_exception(is_transient),
-        stop=stop_after_attempt(policy.max_retries + 1),
-        wait=policy.wait,
-        sleep=policy._sync_sleep,
-        before_sleep=_transient_retry_hook(generation, policy),
-        reraise=True,
-    )
+    transient = _transient_loop(generation, policy, policy._sync_sleep)
     if is_transient(failure):  # else the transient loop would re-raise it at once
         replay.append(failure)
         try:
@@ -324,24 +356,10 @@ async def acall_with_retries(
         failure = error
 
     replay: list[BaseException] = []
-
-    async def send_once() -> T:  # coroutine functions, so tenacity awaits them
-        if replay:
-            raise replay.pop()
-        return await send(generation.request())
-
-    transient = AsyncRetrying(
-        retry=retry_if_exception(is_transient),
-        stop=stop_after_attempt(policy.max_retries + 1),
-        wait=policy.wait,
-        sleep=policy._async_sleep,
-        before_sleep=_transient_retry_hook(generation, policy),
-        reraise=True,
-    )
     if is_transient(failure):
         replay.append(failure)
         try:
-            return await transient(send_once)
+            return await _aretry_transient(generation, policy, send, replay)
         except BaseException as error:
             failure = error
 
@@ -355,7 +373,7 @@ async def acall_with_retries(
     async def attempt() -> T:
         if replay:
             raise replay.pop()
-        return await transient(send_once)
+        return await _aretry_transient(generation, policy, send, replay)
 
     replay.append(failure)
     processors = AsyncRetrying(retry=should_retry, stop=stop_never, wait=wait_none(), reraise=True)
