@@ -215,8 +215,9 @@ class Agent:
         thread_id: str | None,
     ) -> tuple[Generation, _ThreadRun | None]:
         caller = _CALLERS[method]
-        _check_params(params, caller)
-        if method in ("generate", "stream"):
+        if not _RESERVED_KEYS.isdisjoint(params):
+            _check_params(params, caller)
+        if self._pipeline.has_async_processor and method in ("generate", "stream"):
             self._pipeline.require_sync(caller)
         # The Generation deep-copies the values before anything may change them (not per call).
         merged: RequestParams = {"model": self._model, **self._defaults}
@@ -231,6 +232,8 @@ class Agent:
             conversation = thread.history
         elif messages is None:
             raise TypeError(f"{caller} needs messages, or a thread_id to continue a thread")
+        elif type(messages) is list:  # the common case, without a call
+            conversation = MessageList(messages)
         else:
             conversation = _as_message_list(messages)
         return self._pipeline.begin(conversation, merged), thread
@@ -293,8 +296,6 @@ class _ThreadRun:
 
 
 def _check_params(params: dict[str, Any], where: str) -> None:
-    if _RESERVED_KEYS.isdisjoint(params):
-        return
     for key in _RESERVED:
         if key in params:
             hint = (
@@ -306,8 +307,6 @@ def _check_params(params: dict[str, Any], where: str) -> None:
 
 
 def _as_message_list(messages: MessagesInput) -> MessageList:
-    if type(messages) is list:  # the common case, before the slower abstract-class check
-        return MessageList(messages)
     if isinstance(messages, MessageList):
         return messages
     if isinstance(messages, str):

@@ -149,6 +149,7 @@ class Pipeline:
         "_before_send",
         "_entries",
         "appends_only_before_send",
+        "has_async_processor",
         "max_processor_retries",
     )
 
@@ -181,6 +182,8 @@ class Pipeline:
             if entry.before_send is not None
         )
         self._async_entry = next((entry for entry in entries if entry.is_async), None)
+        self.has_async_processor = self._async_entry is not None
+        """Whether some processor has an ``async def process_api_error`` (see require_sync)."""
         self.appends_only_before_send = all(flag for _, _, flag in self._before_send)
         """Whether every ``before_send`` hook is marked :func:`appends_only` (or there is none):
         then no hook can change a message, and a borrowed conversation stays unchanged."""
@@ -295,10 +298,12 @@ class Generation:
             request_id = getattr(message, "_request_id", None)
         attempts = self._attempts
         attempts.append(Attempt(len(attempts) + 1, None, request_id))
-        if _is_blank(message.content):
-            logger.warning("the reply (request id %s) has no content; not stored", request_id)
+        for block in message.content:
+            if block.type != "text" or block.text.strip():
+                self.messages.append(message)  # type: ignore[arg-type]  # MessageList converts it
+                break
         else:
-            self.messages.append(message)  # type: ignore[arg-type]  # MessageList converts it
+            logger.warning("the reply (request id %s) has no content; not stored", request_id)
         return RunResult(message, self.messages, tuple(attempts))
 
     def run_guarded(
@@ -427,10 +432,6 @@ class Generation:
             self._pipeline.max_processor_retries,
         )
         return False
-
-
-def _is_blank(content: list[Any]) -> bool:
-    return all(block.type == "text" and not block.text.strip() for block in content)
 
 
 def _refuse_awaitable(step: Step, result: object) -> TypeError:
