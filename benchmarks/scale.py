@@ -136,7 +136,7 @@ def _lost(name: str, batch: list[Conversation], results: list[Any], reply: str) 
 async def _measure(
     emulator: EmulatorProcess, section: Section, config: Config, batch: list[Conversation]
 ) -> None:
-    rounds = config.pick(11, 1)
+    rounds = config.pick(21, 1)
     reply = reply_text(8)
     expected_requests = len(batch) + sum(c.overloaded_first for c in batch)
     rng = random.Random(config.seed)

@@ -114,7 +114,8 @@ class Agent:
 
     @property
     def default_params(self) -> Mapping[str, Any]:
-        """The default request parameters (read-only); each call works on its own deep copy."""
+        """The default request parameters (read-only); a call copies them deeply before anything
+        may change them."""
         return MappingProxyType(self._defaults)
 
     @property
