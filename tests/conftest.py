@@ -65,6 +65,34 @@ class SwitchModel:
         return ProcessAPIErrorResult(retry=True)
 
 
+class EditsInPlace:
+    """A test processor that edits what it is given in place, then repairs the prefill 400.
+
+    It appends "LEAK" to ``params["stop_sequences"]`` and, with ``edit_message``, " (edited)"
+    to the last message: edits that must never reach the caller, the Agent or the SDK.
+    """
+
+    id = "edits-in-place"
+
+    def __init__(self, *, edit_message: bool = False) -> None:
+        self.edit_message = edit_message
+
+    def process_api_error(
+        self,
+        *,
+        error: anthropic.APIError,
+        messages: MessageList,
+        retry_count: int,
+        params: dict[str, Any],
+    ) -> ProcessAPIErrorResult | None:
+        if self.edit_message:
+            messages[-1]["content"] += " (edited)"
+        params["stop_sequences"].append("LEAK")
+        return PrefillErrorHandler().process_api_error(
+            error=error, messages=messages, retry_count=retry_count
+        )
+
+
 class ErrorRecorder:
     """A test processor that records every error it is shown and never asks to retry."""
 

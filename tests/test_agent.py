@@ -24,7 +24,7 @@ from prefill_guard.testing import (
     Fault,
 )
 
-from .conftest import AsyncPrefillRepair, ErrorRecorder, SwitchModel
+from .conftest import AsyncPrefillRepair, EditsInPlace, ErrorRecorder, SwitchModel
 
 MODEL = "claude-opus-4-6"
 ENDS_WITH_ASSISTANT = [
@@ -339,25 +339,9 @@ async def test_one_agent_is_safe_to_share_between_tasks(
 def test_processors_never_change_the_agents_defaults(anthropic_emulator: AnthropicEmulator) -> None:
     """A processor editing nested params changes only its own generation, not the next call."""
 
-    class EditsNested:
-        id = "edits-nested"
-
-        def process_api_error(
-            self,
-            *,
-            error: anthropic.APIError,
-            messages: MessageList,
-            retry_count: int,
-            params: dict[str, Any],
-        ) -> ProcessAPIErrorResult | None:
-            params["stop_sequences"].append("LEAK")
-            return PrefillErrorHandler().process_api_error(
-                error=error, messages=messages, retry_count=retry_count
-            )
-
     with anthropic_emulator.client() as client:
         agent = Agent(
-            MODEL, client=client, error_processors=[EditsNested()], stop_sequences=["END"]
+            MODEL, client=client, error_processors=[EditsInPlace()], stop_sequences=["END"]
         )
         agent.generate(ENDS_WITH_ASSISTANT)
         agent.generate(ENDS_WITH_ASSISTANT)
@@ -369,18 +353,9 @@ def test_processors_never_change_the_agents_defaults(anthropic_emulator: Anthrop
 def test_processors_never_change_the_callers_params(anthropic_emulator: AnthropicEmulator) -> None:
     """Per-call params are copied before a processor edits them in place, not on every call."""
 
-    class EditsNested:
-        id = "edits-nested"
-
-        def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
-            kwargs["params"]["stop_sequences"].append("LEAK")
-            return PrefillErrorHandler().process_api_error(
-                error=kwargs["error"], messages=kwargs["messages"], retry_count=0
-            )
-
     stop = ["END"]
     with anthropic_emulator.client() as client:
-        agent = Agent(MODEL, client=client, error_processors=[EditsNested()])
+        agent = Agent(MODEL, client=client, error_processors=[EditsInPlace()])
         agent.generate(ENDS_WITH_ASSISTANT, stop_sequences=stop)
     sent = [r.body["stop_sequences"] for r in anthropic_emulator.message_requests]
     assert sent == [["END"], ["END", "LEAK"]]

@@ -16,7 +16,7 @@ from prefill_guard import (
 from prefill_guard.errors import api_message
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, PREFILL_MESSAGE, AnthropicEmulator, Fault
 
-from .conftest import AsyncPrefillRepair, ErrorRecorder
+from .conftest import AsyncPrefillRepair, EditsInPlace, ErrorRecorder
 
 MODEL = "claude-opus-4-6"
 ENDS_WITH_ASSISTANT: list[Any] = [
@@ -280,26 +280,6 @@ def test_bedrock_client_is_guarded_end_to_end(anthropic_emulator: AnthropicEmula
     assert requests[-1].body["messages"][-1] == REMINDER_ON_WIRE
 
 
-class _EditsInPlace:
-    """Repairs the prefill 400 after editing a message and a nested parameter in place."""
-
-    id = "edits-in-place"
-
-    def process_api_error(
-        self,
-        *,
-        error: anthropic.APIError,
-        messages: Any,
-        retry_count: int,
-        params: dict[str, Any],
-    ) -> ProcessAPIErrorResult | None:
-        messages[-1]["content"] += " (edited)"
-        params["stop_sequences"].append("LEAK")
-        return PrefillErrorHandler().process_api_error(
-            error=error, messages=messages, retry_count=retry_count
-        )
-
-
 def test_in_place_edits_never_reach_the_sdks_own_request(
     anthropic_emulator: AnthropicEmulator,
 ) -> None:
@@ -312,7 +292,7 @@ def test_in_place_edits_never_reach_the_sdks_own_request(
     messages: list[Any] = [dict(m) for m in ENDS_WITH_ASSISTANT]
     stop = ["END"]
     with anthropic_emulator.client(max_retries=1) as client:
-        guard(client, [_EditsInPlace()]).messages.create(
+        guard(client, [EditsInPlace(edit_message=True)]).messages.create(
             model=MODEL, max_tokens=64, messages=messages, stop_sequences=stop
         )
     sent = [(r.body["messages"], r.body["stop_sequences"]) for r in anthropic_emulator.requests]
