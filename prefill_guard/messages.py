@@ -138,6 +138,17 @@ def _block_to_dict(block: Any, index: int, position: int) -> dict[str, Any]:
     return deep_copy(dict(block))
 
 
+def _reply_to_raw(message: Message, index: int) -> RawMessage:
+    """A reply ``Message`` as an assistant turn of block dicts (one per request: kept lean)."""
+    role = message.role
+    if type(role) is not str or role not in _ROLES:  # a constructed reply: say what is wrong
+        return _validate({"role": role, "content": list(message.content)}, index)
+    content: list[dict[str, Any]] = []
+    for position, block in enumerate(message.content):
+        content.append(_block_to_dict(block, index, position))
+    return {"role": role, "content": content}
+
+
 def _validate(message: Any, index: int) -> RawMessage:
     """Return a private, validated copy of one message, or raise naming the index and problem."""
     if type(message) is not dict:  # a plain dict, the common case, needs neither check
@@ -145,14 +156,8 @@ def _validate(message: Any, index: int) -> RawMessage:
             message, "type", None
         ) == "message":
             # An anthropic ``Message`` response: keep its content as an assistant turn.
-            role, blocks = message.role, list(message.content)  # type: ignore[attr-defined]
-            if type(role) is str and role in _ROLES:  # always: what the checks below return
-                return {
-                    "role": role,
-                    "content": [_block_to_dict(b, index, j) for j, b in enumerate(blocks)],
-                }
-            message = {"role": role, "content": blocks}
-        elif not isinstance(message, Mapping):
+            return _reply_to_raw(message, index)  # type: ignore[arg-type]
+        if not isinstance(message, Mapping):
             raise TypeError(
                 f"{_where(index)}: expected a dict with 'role' and 'content', "
                 f"got {type(message).__name__}"
@@ -160,7 +165,7 @@ def _validate(message: Any, index: int) -> RawMessage:
     if "role" not in message:
         raise ValueError(f"{_where(index)}: missing 'role'")
     role = message["role"]
-    if role not in _ROLES:
+    if not isinstance(role, str) or role not in _ROLES:  # an unhashable role, too
         hint = " (pass a system prompt as instructions=)" if role == "system" else ""
         raise ValueError(
             f"{_where(index)}: unknown role {role!r}; expected 'user' or 'assistant'{hint}"
@@ -207,8 +212,8 @@ class MessageList(MutableSequence[RawMessage]):
     __slots__ = ("_messages",)
 
     def __init__(self, messages: Iterable[Any] | None = None) -> None:
-        self._messages: list[RawMessage] = []
         if messages is None:
+            self._messages: list[RawMessage] = []
             return
         if type(messages) is not list and (
             isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable)
@@ -292,6 +297,11 @@ class MessageList(MutableSequence[RawMessage]):
     def append(self, value: RawMessage) -> None:
         """Append a validated copy of ``value``."""
         self._messages.append(_validate(value, len(self._messages)))
+
+    def _append_reply(self, reply: Message) -> None:
+        """Append a reply ``Message`` as an assistant turn: :meth:`append` without the checks
+        for every other kind of input, since each generation stores one."""
+        self._messages.append(_reply_to_raw(reply, len(self._messages)))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, MessageList):

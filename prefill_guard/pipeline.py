@@ -44,7 +44,7 @@ def appends_only(hook: F) -> F:
     return hook
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Attempt:
     """One request of a generation and what came of it.
 
@@ -60,8 +60,27 @@ class Attempt:
     retried_by: str | None = None
     wait: float = 0.0
 
+    def __init__(
+        self,
+        number: int,
+        error: BaseException | None,
+        request_id: str | None,
+        retry: Literal["transient", "processor"] | None = None,
+        retried_by: str | None = None,
+        wait: float = 0.0,
+    ) -> None:
+        # Every request makes one of these; the generated frozen __init__ calls
+        # object.__setattr__ once per field, which takes twice as long as filling __dict__.
+        fields = self.__dict__
+        fields["number"] = number
+        fields["error"] = error
+        fields["request_id"] = request_id
+        fields["retry"] = retry
+        fields["retried_by"] = retried_by
+        fields["wait"] = wait
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class RunResult:
     """The outcome of one generation.
 
@@ -72,6 +91,14 @@ class RunResult:
     message: Message
     messages: MessageList
     attempts: tuple[Attempt, ...]
+
+    def __init__(
+        self, message: Message, messages: MessageList, attempts: tuple[Attempt, ...]
+    ) -> None:
+        fields = self.__dict__  # as Attempt's: one per request
+        fields["message"] = message
+        fields["messages"] = messages
+        fields["attempts"] = attempts
 
     @property
     def text(self) -> str:
@@ -219,7 +246,23 @@ class Pipeline:
         """
         generation = Generation(self, messages, params, borrowed=borrowed)
         for processor_id, hook, hook_appends_only in self._before_send:
-            if generation.run_guarded(processor_id, "before_send", hook, hook_appends_only):
+            if not hook_appends_only:
+                generation.run_guarded(processor_id, "before_send", hook)
+                generation.changed_before_send = True
+                continue
+            # Undoing an append-only hook is dropping what it appended: no copy needed. (An
+            # earlier hook may have made the generation take copies: use its own.)
+            conversation = generation.messages
+            length = len(conversation)
+            try:
+                hook(messages=conversation, params=generation.params)
+            except Exception:
+                logger.exception("processor %r raised in before_send; skipped", processor_id)
+                del conversation[length:]
+            except BaseException:
+                del conversation[length:]
+                raise
+            if len(conversation) != length:
                 generation.changed_before_send = True
         return generation
 
@@ -300,32 +343,19 @@ class Generation:
         attempts.append(Attempt(len(attempts) + 1, None, request_id))
         for block in message.content:
             if block.type != "text" or block.text.strip():
-                self.messages.append(message)  # type: ignore[arg-type]  # MessageList converts it
+                self.messages._append_reply(message)
                 break
         else:
             logger.warning("the reply (request id %s) has no content; not stored", request_id)
         return RunResult(message, self.messages, tuple(attempts))
 
-    def run_guarded(
-        self, owner: str, what: str, hook: Callable[..., object], appends_only: bool = False
-    ) -> bool:
+    def run_guarded(self, owner: str, what: str, hook: Callable[..., object]) -> None:
         """Call ``hook(messages=..., params=...)``; on an exception log it and undo its changes.
 
-        ``appends_only`` (see :func:`appends_only`): the hook can only append messages, so the
-        undo drops what it appended instead of restoring a deep copy. Returns whether the hook
-        may have changed anything (always True for a hook that is not ``appends_only``).
+        The conversation and parameters are saved first (a deep copy), so that whatever the
+        hook changed before it raised can be put back. An append-only hook needs no copy; see
+        :meth:`Pipeline.begin`.
         """
-        if appends_only:
-            length = len(self.messages)
-            try:
-                hook(messages=self.messages, params=self.params)
-            except Exception:
-                logger.exception("processor %r raised in %s; skipped", owner, what)
-                del self.messages[length:]
-            except BaseException:
-                del self.messages[length:]
-                raise
-            return len(self.messages) != length
         self._own()
         saved = self._save()
         try:
@@ -336,7 +366,6 @@ class Generation:
         except BaseException:
             self._restore(saved)
             raise
-        return True
 
     def _save(self) -> tuple[Snapshot, RequestParams]:
         return self.messages.snapshot(), deep_copy(self.params)

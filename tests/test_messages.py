@@ -115,6 +115,7 @@ def test_slicing_gives_a_message_list() -> None:
         ([{"role": "user", "content": "a"}, 7], TypeError, "messages[1]: expected a dict"),
         ([{"content": "a"}], ValueError, "messages[0]: missing 'role'"),
         ([{"role": "system", "content": "a"}], ValueError, "messages[0]: unknown role 'system'"),
+        ([{"role": ["user"], "content": "a"}], ValueError, "messages[0]: unknown role ['user']"),
         ([{"role": "user"}], ValueError, "messages[0]: missing 'content'"),
         ([{"role": "user", "content": 3}], TypeError, "messages[0]: 'content' must be a str"),
         ([{"role": "user", "content": ["x"]}], TypeError, "messages[0].content[0]: expected"),
@@ -285,3 +286,19 @@ def test_a_reply_is_stored_as_its_json_dump(blocks: list[dict[str, Any]], valida
     stored = MessageList([reply])[0]
     assert stored == {"role": "assistant", "content": expected}
     assert [list(b) for b in stored["content"]] == [list(b) for b in expected]  # key order too
+    appended = MessageList()
+    appended._append_reply(reply)  # the generation's path for its reply
+    assert appended[0] == stored
+    assert [list(b) for b in appended[0]["content"]] == [list(b) for b in expected]
+
+
+@pytest.mark.parametrize("role", ["system", None, ["assistant"]])
+def test_a_constructed_reply_with_a_bad_role_is_refused_by_name(role: Any) -> None:
+    """The SDK builds replies without validation; a bad role gets the usual clear error."""
+    reply = Message.construct(**{**_reply().model_dump(), "role": role})
+    with pytest.raises(ValueError, match=r"messages\[1\]: unknown role"):
+        MessageList([{"role": "user", "content": "hi"}, reply])
+    conversation = MessageList([{"role": "user", "content": "hi"}])
+    with pytest.raises(ValueError, match=r"messages\[1\]: unknown role"):
+        conversation._append_reply(reply)
+    assert len(conversation) == 1

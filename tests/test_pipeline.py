@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -10,7 +12,7 @@ import anthropic
 import pytest
 
 from prefill_guard import MessageList, Pipeline, PrefillErrorHandler, ProcessAPIErrorResult
-from prefill_guard.pipeline import run_async, run_sync
+from prefill_guard.pipeline import Attempt, RunResult, appends_only, run_async, run_sync
 from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
 
 from .conftest import SwitchModel
@@ -301,3 +303,121 @@ def test_bad_return_value_is_logged_by_type_not_content(caplog: pytest.LogCaptur
         run_sync(_generation(Pipeline([wrong])).failed(ERROR))
     assert "returned a str" in caplog.text
     assert "secret" not in caplog.text
+
+
+class Prepare:
+    """A processor whose before_send edits the first message and the params, or only appends."""
+
+    def __init__(self, id: str, *, edit: bool, fail: bool = False) -> None:
+        self.id = id
+        self.edit = edit
+        self.fail = fail
+
+    def process_api_error(
+        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        return None
+
+    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
+        if self.edit:
+            messages[0]["content"] = f"edited by {self.id}"
+            params["nested"]["list"].append(self.id)
+        messages.add("user", f"appended by {self.id}")
+        if self.fail:
+            raise RuntimeError("hook bug")
+
+
+class AppendOnly(Prepare):
+    """The same hook, marked append-only (so it must not be given edit=True)."""
+
+    @appends_only
+    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
+        super().before_send(messages=messages, params=params)
+
+
+def _caller_conversation() -> list[dict[str, Any]]:
+    return [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
+
+
+@pytest.mark.parametrize("hook", [Prepare, AppendOnly])
+def test_a_before_send_hook_that_raises_is_logged_skipped_and_undone(
+    hook: type[Prepare], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a raising hook appended (and, unmarked, edited) is undone; the next hook still runs."""
+    raw = _caller_conversation()
+    params = {"model": "m", "nested": {"list": [1]}}
+    failing = hook("failing", edit=hook is Prepare, fail=True)
+    with caplog.at_level(logging.ERROR, logger="prefill_guard"):
+        generation = Pipeline([failing, AppendOnly("next", edit=False)]).begin(
+            MessageList(raw), params
+        )
+    assert "processor 'failing' raised in before_send; skipped" in caplog.text
+    assert generation.messages.to_api() == [*_caller_conversation(), _user("appended by next")]
+    assert generation.params == {"model": "m", "nested": {"list": [1]}}
+    assert params == {"model": "m", "nested": {"list": [1]}}
+
+
+def test_hooks_on_a_borrowed_conversation_change_the_generations_copy_only() -> None:
+    """An append-only hook after one that edits works on the copy the first one made: both
+    changes reach the request, and the borrowed dicts and params stay as the caller's."""
+    raw = _caller_conversation()
+    borrowed = MessageList._borrow(raw)
+    assert borrowed is not None
+    params = {"model": "m", "nested": {"list": [1]}}
+    pipeline = Pipeline([Prepare("edit", edit=True), AppendOnly("append", edit=False)])
+    generation = pipeline.begin(borrowed, params, borrowed=True)
+    assert generation.changed_before_send
+    assert not generation.borrowed
+    assert generation.request()["messages"] == [
+        {"role": "user", "content": "edited by edit"},
+        {"role": "assistant", "content": "a"},
+        _user("appended by edit"),
+        _user("appended by append"),
+    ]
+    assert generation.params["nested"] == {"list": [1, "edit"]}
+    assert raw == _caller_conversation()
+    assert params == {"model": "m", "nested": {"list": [1]}}
+
+
+@pytest.mark.parametrize(("appends", "changed"), [(False, False), (True, True)])
+def test_an_append_only_hook_leaves_a_borrowed_conversation_borrowed(
+    appends: bool, changed: bool
+) -> None:
+    """Append-only hooks copy nothing; changed_before_send says whether one appended."""
+
+    class Maybe(AppendOnly):
+        @appends_only
+        def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
+            if appends:
+                messages.add("user", "more")
+
+    raw = _caller_conversation()
+    borrowed = MessageList._borrow(raw)
+    assert borrowed is not None
+    generation = Pipeline([Maybe("maybe", edit=False)]).begin(borrowed, {}, borrowed=True)
+    assert generation.borrowed
+    assert generation.changed_before_send is changed
+    assert all(ours is theirs for ours, theirs in zip(generation.messages, raw, strict=False))
+    assert len(raw) == 2
+
+
+def _user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+@pytest.mark.parametrize("record", [Attempt, RunResult])
+def test_records_take_their_fields_in_order_with_their_defaults(record: type) -> None:
+    """Attempt and RunResult write their fields in a hand-written __init__ (one of each per
+    request): it takes exactly the dataclass fields, and the records stay frozen."""
+    taken = [(p.name, p.default) for p in inspect.signature(record).parameters.values()]
+    declared = [
+        (f.name, inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
+        for f in dataclasses.fields(record)
+    ]
+    assert taken == declared
+    values = {name: object() for name, _ in declared}
+    made = record(**values)
+    assert all(getattr(made, name) is value for name, value in values.items())
+    assert made == record(**values)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.number = 2
