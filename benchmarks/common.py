@@ -20,7 +20,6 @@ import anthropic
 
 __all__ = [
     "CONVERSATION_HEADER",
-    "FAULT_HEADER",
     "MODEL",
     "UNKNOWN_MODEL",
     "Config",
@@ -43,8 +42,6 @@ M = TypeVar("M")
 
 CONVERSATION_HEADER = "x-bench-conversation"
 """Names the conversation a request belongs to (for the per-conversation fault)."""
-FAULT_HEADER = "x-bench-fault-once"
-"""An HTTP status the emulator answers the first request of the conversation with."""
 
 MODEL = "claude-sonnet-4-6"
 """A model that rejects prefill and that the adaptive guard's built-in list knows."""
@@ -274,8 +271,20 @@ class EmulatorProcess:
         return float(self._ask("cpu"))
 
     def reset(self) -> None:
-        """Forget the recorded requests (the emulator keeps every body until then)."""
+        """Forget the recorded requests (the emulator keeps every body until then) and drop
+        the faults not yet consumed."""
         self._ask("reset")
+
+    def fault_first_requests(self, status: int, conversations: list[str]) -> None:
+        """Answer the first request of each conversation (named in the request's
+        ``CONVERSATION_HEADER``) with ``status``, whatever else is in flight."""
+        for name in conversations:
+            if not name or name.split() != [name]:
+                raise ValueError(f"a conversation name must be one word, got {name!r}")
+        if conversations:
+            answer = self._ask(f"fault {status} {' '.join(conversations)}")
+            if answer != "ok":
+                raise RuntimeError(f"the emulator process refused the faults: {answer}")
 
     def sync_client(self, **options: Any) -> anthropic.Anthropic:
         return anthropic.Anthropic(api_key="bench-key", base_url=self.base_url, **options)

@@ -19,7 +19,6 @@ from prefill_guard.middleware import _recommended_processors
 
 from .common import (
     CONVERSATION_HEADER,
-    FAULT_HEADER,
     MODEL,
     Config,
     EmulatorProcess,
@@ -48,11 +47,13 @@ class Conversation:
     ends_with_assistant: bool  # 10%: the guard must add the reminder
     overloaded_first: bool  # 5%: the first request meets a 529
 
+    def name(self, run: str) -> str:
+        """The conversation's name in one run (no spaces: the emulator process's commands are
+        split on them)."""
+        return f"{run}-{self.number}".replace(" ", "-")
+
     def headers(self, run: str) -> dict[str, str]:
-        headers = {CONVERSATION_HEADER: f"{run}-{self.number}"}
-        if self.overloaded_first:
-            headers[FAULT_HEADER] = "529"
-        return headers
+        return {CONVERSATION_HEADER: self.name(run)}
 
     def repaired(self) -> list[dict[str, Any]]:
         """The request the raw SDK sends: already repaired, as the guard would repair it."""
@@ -149,8 +150,17 @@ async def _measure(
     http_client = anthropic.DefaultAsyncHttpxClient(limits=limits)
     async with emulator.async_client(http_client=http_client) as client:
         sides = _sides(client)
+
+        def script_529s(conversations: list[Conversation], run: str) -> None:
+            """The first request of each conversation that meets a 529 gets it (untimed)."""
+            emulator.fault_first_requests(
+                529, [c.name(run) for c in conversations if c.overloaded_first]
+            )
+
         for name, side in sides.items():  # warm up: open the connections
-            await side(batch[: config.pick(200, 20)], f"warm-{name}")
+            warm_up = batch[: config.pick(200, 20)]
+            script_529s(warm_up, f"warm-{name}")
+            await side(warm_up, f"warm-{name}")
         emulator.reset()
         # What exists now (modules, clients) never becomes garbage: keep the collector from
         # walking it again and again, the largest source of run-to-run noise here.
@@ -160,6 +170,7 @@ async def _measure(
         for number in range(rounds):
             rng.shuffle(order)
             for name in order:
+                script_529s(batch, f"{name}-{number}")
                 cpu = time.process_time()
                 start = time.perf_counter()
                 results = await sides[name](batch, f"{name}-{number}")
@@ -180,6 +191,7 @@ async def _measure(
         for name in order:  # one more, untimed, run per side for the peak of traced memory
             tracemalloc.start()
             tracemalloc.reset_peak()
+            script_529s(batch, f"{name}-memory")
             await sides[name](batch, f"{name}-memory")
             peaks[name] = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.stop()

@@ -64,6 +64,7 @@ __all__ = [
     "FaultKind",
     "ModelRule",
     "RecordedRequest",
+    "RequestPredicate",
     "deprecated_parameter_message",
     "make_api_error",
     "model_deprecates_sampling",
@@ -487,6 +488,10 @@ class RecordedRequest:
     path: str
     headers: Mapping[str, str]
     body: Any
+
+
+RequestPredicate = Callable[[RecordedRequest], bool]
+"""Chooses the requests a scripted fault is for (see `AnthropicEmulator.script`)."""
 
 
 def _new_id(prefix: str) -> str:
@@ -1034,7 +1039,7 @@ class AnthropicEmulator:
         self._requested_port = port
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
-        self._faults: list[Fault] = []
+        self._faults: list[tuple[Fault, RequestPredicate | None]] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._port: int | None = None
@@ -1122,16 +1127,30 @@ class AnthropicEmulator:
         ``...:streamRawPredict``) spellings of it. Bodies are recorded as sent."""
         return [r for r in self.requests if _messages_route(r.method, r.path) is not None]
 
-    def script(self, *faults: Fault) -> None:
-        """Queue faults: each next request (any path) consumes one, in order, as its answer."""
+    def script(self, *faults: Fault, when: RequestPredicate | None = None) -> None:
+        """Queue faults: each next request (any path) consumes one, in order, as its answer.
+
+        With ``when``, these faults are only for requests that ``when(request)`` accepts (a
+        `RecordedRequest`: method, path, lower-cased headers, parsed body). Other requests pass
+        them by and take the first queued fault that applies to them, or their normal answer;
+        so with many requests in flight, a fault can still go to one chosen request, such as
+        the first one that carries a given header. ``when`` runs in the server thread, under
+        the emulator's lock, so it should only read the request. If it raises, the request
+        gets a 500 that names the exception, and the fault stays queued.
+        """
+        for index, fault in enumerate(faults):
+            if not isinstance(fault, Fault):
+                raise TypeError(f"script() takes Fault objects; faults[{index}] is {fault!r}")
+        if when is not None and not callable(when):
+            raise TypeError(f"when must be a function of the request, got {when!r}")
         with self._lock:
-            self._faults.extend(faults)
+            self._faults.extend((fault, when) for fault in faults)
 
     @property
     def pending_faults(self) -> list[Fault]:
-        """A copy of the scripted faults that no request has consumed yet."""
+        """A copy of the scripted faults that no request has consumed yet, in order."""
         with self._lock:
-            return list(self._faults)
+            return [fault for fault, _ in self._faults]
 
     def reset(self) -> None:
         """Forget all recorded requests and drop any pending scripted faults."""
@@ -1223,9 +1242,13 @@ class AnthropicEmulator:
                 body = json.loads(text)
             except ValueError:
                 body = text
+        recorded = RecordedRequest(method, path, headers, body)
         with self._lock:
-            self._requests.append(RecordedRequest(method, path, headers, body))
-            fault = self._faults.pop(0) if self._faults else None
+            self._requests.append(recorded)
+            try:
+                fault = self._take_fault(recorded)
+            except Exception as exc:
+                return _json_response(500, _error_body(500, f"emulator when= raised {exc!r}"))
         try:
             if fault is not None:
                 if fault.kind == "stall":
@@ -1245,6 +1268,14 @@ class AnthropicEmulator:
             return self._messages(headers, raw, body)
         except _Reject as reject:
             return _json_response(reject.status, _error_body(reject.status, reject.message))
+
+    def _take_fault(self, request: RecordedRequest) -> Fault | None:
+        """Remove and return the first queued fault that applies to ``request`` (lock held)."""
+        for index, (fault, when) in enumerate(self._faults):
+            if when is None or when(request):
+                del self._faults[index]
+                return fault
+        return None
 
     def _fault_response(self, fault: Fault, body: Any) -> _Response:
         if fault.kind == "sse_error":

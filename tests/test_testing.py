@@ -37,6 +37,7 @@ from prefill_guard.testing import (
     AnthropicEmulator,
     Fault,
     RecordedRequest,
+    RequestPredicate,
     make_api_error,
     model_deprecates_sampling,
     model_rejects_enabled_thinking,
@@ -1593,6 +1594,116 @@ def test_reset_clears_requests_and_pending_faults(
     assert emu.pending_faults == []
     assert create(client, "claude-haiku-4-5", USER_HI).content[0].type == "text"
     assert len(emu.requests) == 1
+
+
+def _for(conversation: str) -> RequestPredicate:
+    """A `when=` predicate: requests that carry ``x-conversation: <conversation>``."""
+    return lambda request: request.headers.get("x-conversation") == conversation
+
+
+def _create_in(client: anthropic.Anthropic, conversation: str) -> Message:
+    return client.messages.create(
+        model="claude-haiku-4-5",
+        max_tokens=64,
+        messages=USER_HI,
+        extra_headers={"x-conversation": conversation},
+    )
+
+
+def test_a_fault_with_when_goes_to_the_first_request_it_accepts(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """Requests the predicate refuses pass the fault by; the first it accepts consumes it."""
+    emu.script(Fault(529), when=_for("b"))
+
+    assert _create_in(client, "a").content[0].type == "text"
+    assert emu.pending_faults == [Fault(529)]
+    with pytest.raises(anthropic.OverloadedError):
+        _create_in(client, "b")
+    assert _create_in(client, "b").content[0].type == "text"
+    assert emu.pending_faults == []
+    assert len(emu.message_requests) == 3
+
+
+def test_a_waiting_fault_keeps_its_place_while_others_are_consumed(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """A request takes the first queued fault that applies to it, in the order scripted."""
+    emu.script(Fault(503), when=_for("later"))
+    emu.script(Fault(429), Fault(500))
+
+    with pytest.raises(anthropic.RateLimitError):
+        _create_in(client, "now")
+    assert emu.pending_faults == [Fault(503), Fault(500)]
+    with pytest.raises(anthropic.APIStatusError) as unavailable:
+        _create_in(client, "later")
+    assert unavailable.value.status_code == 503
+    with pytest.raises(anthropic.InternalServerError):
+        _create_in(client, "now")
+    assert emu.pending_faults == []
+
+
+async def test_faults_reach_the_chosen_requests_among_many_in_flight(
+    emu: AnthropicEmulator,
+) -> None:
+    """With 40 requests in flight at once, exactly the chosen conversations meet the 529."""
+    chosen = {"c3", "c17", "c31"}
+    for conversation in sorted(chosen):
+        emu.script(Fault(529), when=_for(conversation))
+    async with emu.async_client() as client:
+        results = await asyncio.gather(
+            *(
+                client.messages.create(
+                    model="claude-haiku-4-5",
+                    max_tokens=64,
+                    messages=USER_HI,
+                    extra_headers={"x-conversation": f"c{index}"},
+                )
+                for index in range(40)
+            ),
+            return_exceptions=True,
+        )
+    overloaded = {
+        f"c{index}"
+        for index, result in enumerate(results)
+        if isinstance(result, anthropic.OverloadedError)
+    }
+    assert overloaded == chosen
+    assert sum(isinstance(result, Message) for result in results) == 40 - len(chosen)
+    assert emu.pending_faults == []
+
+
+def test_a_when_that_raises_answers_500_and_keeps_the_fault(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """A broken predicate is reported in the 500's message; its fault is not consumed."""
+
+    def broken(request: RecordedRequest) -> bool:
+        raise KeyError("no such header")
+
+    emu.script(Fault(529), when=broken)
+    with pytest.raises(anthropic.InternalServerError) as failed:
+        create(client, "claude-haiku-4-5", USER_HI)
+    assert api_message(failed.value) == "emulator when= raised KeyError('no such header')"
+    assert emu.pending_faults == [Fault(529)]
+    assert len(emu.message_requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("faults", "when", "text"),
+    [
+        ((529,), None, "script() takes Fault objects; faults[0] is 529"),
+        ((Fault(529), "529"), None, "faults[1] is '529'"),
+        ((Fault(529),), "c1", "when must be a function of the request, got 'c1'"),
+    ],
+)
+def test_script_refuses_what_is_not_a_fault_or_a_predicate(
+    emu: AnthropicEmulator, faults: tuple[Any, ...], when: Any, text: str
+) -> None:
+    """Bad arguments to script() are named, and nothing is queued."""
+    with pytest.raises(TypeError, match=re.escape(text)):
+        emu.script(*faults, when=when)
+    assert emu.pending_faults == []
 
 
 def test_client_kwargs_override_defaults(emu: AnthropicEmulator) -> None:
