@@ -90,11 +90,15 @@ class Agent:
         )
         # Copied deeply here and per call, so no call (or processor) can change another's.
         self._defaults: RequestParams = deep_copy({"max_tokens": max_tokens, **default_params})
+        # What every request starts from, in the order the keys are sent.
+        self._base_params: RequestParams = {"model": model, **self._defaults}
+        if instructions is not None:
+            self._base_params["system"] = instructions
         self._client_kind = None if client is None else _client_kind(client)
         # Our retry layer replaces the SDK's; with both on, 1 + 2 retries become 9 requests.
-        own = None if client is None else client.with_options(max_retries=0)
-        self._sync_client = own if self._client_kind == "sync" else None
-        self._async_client = own if self._client_kind == "async" else None
+        own: Any = None if client is None else client.with_options(max_retries=0)
+        self._sync_client: SyncClient | None = own if self._client_kind == "sync" else None
+        self._async_client: AsyncClient | None = own if self._client_kind == "async" else None
         self._lock = threading.Lock()
 
     @property
@@ -150,7 +154,7 @@ class Agent:
         model replies again to the thread as it is. ``params`` override the Agent's defaults
         for this call. When neither retry layer retries, the original SDK exception is raised.
         """
-        client = self._sync_client_for("generate")
+        client = self._sync_client or self._sync_client_for("generate")
         generation, thread = self._begin("generate", messages, params, thread_id)
         message = call_with_retries(
             generation, self._retry_policy, lambda request: client.messages.create(**request)
@@ -164,7 +168,7 @@ class Agent:
         self, messages: MessagesInput | None = None, *, thread_id: str | None = None, **params: Any
     ) -> RunResult:
         """The async twin of :meth:`generate`; ``async def`` processors are awaited."""
-        client = self._async_client_for("agenerate")
+        client = self._async_client or self._async_client_for("agenerate")
         if thread_id is None:
             generation, thread = self._begin("agenerate", messages, params, None)
         else:  # a store may block: read and write it off the event loop
@@ -189,7 +193,7 @@ class Agent:
         (the reply is saved when the stream has been read to the end). See
         :class:`~prefill_guard.AgentStream`.
         """
-        client = self._sync_client_for("stream")
+        client = self._sync_client or self._sync_client_for("stream")
         generation, thread = self._begin("stream", messages, params, thread_id)
         on_finish = None if thread is None else thread.save
         return AgentStream(client, generation, self._retry_policy, on_finish=on_finish)
@@ -202,7 +206,7 @@ class Agent:
         With ``thread_id`` the store is read here, synchronously; the reply is saved off the
         event loop.
         """
-        client = self._async_client_for("astream")
+        client = self._async_client or self._async_client_for("astream")
         generation, thread = self._begin("astream", messages, params, thread_id)
         on_finish = None if thread is None else thread.save
         return AsyncAgentStream(client, generation, self._retry_policy, on_finish=on_finish)
@@ -221,10 +225,7 @@ class Agent:
         if self._pipeline.has_async_processor and method in ("generate", "stream"):
             self._pipeline.require_sync(caller)
         # The Generation deep-copies the values before anything may change them (not per call).
-        merged: RequestParams = {"model": self._model, **self._defaults}
-        if self._instructions is not None:
-            merged["system"] = self._instructions
-        merged.update(params)
+        merged: RequestParams = {**self._base_params, **params}
         thread = None
         if thread_id is not None:
             if self._store is None:
@@ -247,11 +248,11 @@ class Agent:
             )
         client = self._sync_client
         if client is not None:  # set once, never unset: no lock needed to read it
-            return client  # type: ignore[return-value]
+            return client
         with self._lock:
             if self._sync_client is None:
                 self._sync_client = anthropic.Anthropic(max_retries=0)
-            return self._sync_client  # type: ignore[return-value]
+            return self._sync_client
 
     def _async_client_for(self, method: str) -> AsyncClient:
         if self._client_kind == "sync":
@@ -261,11 +262,11 @@ class Agent:
             )
         client = self._async_client
         if client is not None:  # set once, never unset: no lock needed to read it
-            return client  # type: ignore[return-value]
+            return client
         with self._lock:
             if self._async_client is None:
                 self._async_client = anthropic.AsyncAnthropic(max_retries=0)
-            return self._async_client  # type: ignore[return-value]
+            return self._async_client
 
 
 class _ThreadRun:

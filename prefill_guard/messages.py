@@ -254,7 +254,7 @@ class MessageList(MutableSequence[RawMessage]):
             for block in content:
                 if type(block) is not dict or type(block.get("type")) is not str:
                     return None
-        borrowed = cls()
+        borrowed = cls.__new__(cls)  # __init__ would validate and copy
         borrowed._messages = list(messages)
         return borrowed
 
