@@ -254,7 +254,9 @@ def _stages(section: Section, config: Config) -> None:
         "first attempt: request() + call_with_retries": lambda: call_with_retries(
             generation, agent.retry_policy, lambda request: reply
         ),
-        "succeeded: store the reply (its blocks as dicts)": lambda: MessageList().append(reply),  # type: ignore[arg-type]
+        "succeeded: store the reply (its blocks as dicts)": lambda: MessageList()._append_reply(
+            reply
+        ),
         "succeeded: Attempt + RunResult records": lambda: (
             Attempt(1, None, "req_bench"),
             RunResult(reply, conversation, ()),
