@@ -189,9 +189,9 @@ async def _measure(
                     f"{name}: the emulator served {served} requests, expected {expected_requests}",
                 )
         for name in order:  # one more, untimed, run per side for the peak of traced memory
+            script_529s(batch, f"{name}-memory")
             tracemalloc.start()
             tracemalloc.reset_peak()
-            script_529s(batch, f"{name}-memory")
             await sides[name](batch, f"{name}-memory")
             peaks[name] = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.stop()

@@ -88,7 +88,8 @@ class Agent:
         self._retry_policy = RetryPolicy(
             max_retries=max_retries, max_retry_delay=max_retry_delay, on_retry=on_retry, sleep=sleep
         )
-        # Copied deeply here and per call, so no call (or processor) can change another's.
+        # Copied deeply here; a generation copies them again before anything may change them,
+        # so no call (or processor) can change another's.
         self._defaults: RequestParams = deep_copy({"max_tokens": max_tokens, **default_params})
         # What every request starts from, in the order the keys are sent.
         self._base_params: RequestParams = {"model": model, **self._defaults}
