@@ -247,7 +247,7 @@ class Pipeline:
         generation = Generation(self, messages, params, borrowed=borrowed)
         for processor_id, hook, hook_appends_only in self._before_send:
             if not hook_appends_only:
-                generation.run_guarded(processor_id, "before_send", hook)
+                generation.run_before_send(processor_id, hook)
                 generation.changed_before_send = True
                 continue
             # Undoing an append-only hook is dropping what it appended: no copy needed. (An
@@ -349,7 +349,7 @@ class Generation:
             logger.warning("the reply (request id %s) has no content; not stored", request_id)
         return RunResult(message, self.messages, tuple(attempts))
 
-    def run_guarded(self, owner: str, what: str, hook: Callable[..., object]) -> None:
+    def run_before_send(self, owner: str, hook: Callable[..., object]) -> None:
         """Call ``hook(messages=..., params=...)``; on an exception log it and undo its changes.
 
         The conversation and parameters are saved first (a deep copy), so that whatever the
@@ -361,7 +361,7 @@ class Generation:
         try:
             hook(messages=self.messages, params=self.params)
         except Exception:
-            logger.exception("processor %r raised in %s; skipped", owner, what)
+            logger.exception("processor %r raised in before_send; skipped", owner)
             self._restore(saved)
         except BaseException:
             self._restore(saved)
