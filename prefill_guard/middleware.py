@@ -38,6 +38,8 @@ logger = logging.getLogger("prefill_guard")
 ClientT = TypeVar("ClientT", bound="SyncAPIClient | AsyncAPIClient")
 
 _MESSAGES_PATHS = ("/v1/messages",)
+_MESSAGES_URLS = frozenset(("/v1/messages", "/v1/messages?beta=true"))
+"""The URLs the SDK's own Messages resources use: recognised without parsing them."""
 
 
 def _recommended_processors() -> list[AnyProcessor]:
@@ -77,12 +79,12 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
 
     def handle(self, request: APIRequest, call_next: Callable[[APIRequest], Any]) -> Any:
         """The synchronous client's hook."""
-        generation = self._begin(request)
-        if generation is None:
+        begun = self._begin(request)
+        if begun is None:
             return call_next(request)
-        request = _first_request(request, generation)
+        generation, request = begun
         response: APIResponse[Any] = call_next(request)
-        while not response.http_response.is_success:
+        while not 200 <= response.http_response.status_code < 300:  # is_success, inlined
             response.http_response.read()
             error = status_error_from_response(response)
             if _sdk_will_retry(request, response) or not run_sync(generation.failed(error)):
@@ -96,12 +98,12 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         self, request: APIRequest, call_next: Callable[[APIRequest], Any]
     ) -> Any:
         """The async client's hook: the same steps, with ``async def`` processors awaited."""
-        generation = self._begin(request)
-        if generation is None:
+        begun = self._begin(request)
+        if begun is None:
             return await call_next(request)
-        request = _first_request(request, generation)
+        generation, request = begun
         response: AsyncAPIResponse[Any] = await call_next(request)
-        while not response.http_response.is_success:
+        while not 200 <= response.http_response.status_code < 300:  # is_success, inlined
             await response.http_response.aread()
             error = status_error_from_response(response)
             if _sdk_will_retry(request, response) or not await run_async(generation.failed(error)):
@@ -111,11 +113,13 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
             response = await call_next(request)
         return response
 
-    def _begin(self, request: APIRequest) -> Generation | None:
-        """A generation for a Messages request, or None for anything else (passed through)."""
+    def _begin(self, request: APIRequest) -> tuple[Generation, APIRequest] | None:
+        """A generation for a Messages request and its first attempt's request, or None for
+        anything else (passed through untouched)."""
         if not self.enabled or request.method.lower() != "post":
             return None
-        if urlsplit(request.url).path.rstrip("/") not in _MESSAGES_PATHS:
+        url = request.url
+        if url not in _MESSAGES_URLS and urlsplit(url).path.rstrip("/") not in _MESSAGES_PATHS:
             return None
         body = request.json
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
@@ -126,26 +130,20 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         # processor (or a hook that is not append-only) may change it; see Pipeline.begin.
         messages = MessageList._borrow(body["messages"])
         if messages is not None and self.pipeline.appends_only_before_send:
-            return self.pipeline.begin(messages, params, borrowed=True)
-        try:
-            messages = MessageList(body["messages"])
-        except (TypeError, ValueError) as exc:
-            logger.debug("passing a Messages request through untouched: %s", exc)
-            return None
-        return self.pipeline.begin(messages, params)
-
-
-def _first_request(request: APIRequest, generation: Generation) -> APIRequest:
-    """The first attempt's request: ``request`` itself when rebuilding it would not change it.
-
-    Rebuilding means ``request.copy()``, which deep-copies the whole original body before
-    replacing it, on every request. It can be skipped when no ``before_send`` hook changed
-    anything and the body's messages were already exactly what ``MessageList.to_api()`` gives
-    back (the generation then borrowed them: dicts of only ``role`` and ``content``).
-    """
-    if generation.changed_before_send or not generation.borrowed:
-        return request.copy(body=generation.request())
-    return request
+            generation = self.pipeline.begin(messages, params, borrowed=True)
+            # Rebuilding the request means request.copy(), which deep-copies the whole body.
+            # Hooks that only append leave the messages borrowed, exactly what to_api() would
+            # give back: unless one appended, the request goes out as it came.
+            if not generation.changed_before_send:
+                return generation, request
+        else:
+            try:
+                messages = MessageList(body["messages"])
+            except (TypeError, ValueError) as exc:
+                logger.debug("passing a Messages request through untouched: %s", exc)
+                return None
+            generation = self.pipeline.begin(messages, params)
+        return generation, request.copy(body=generation.request())
 
 
 def _sdk_will_retry(

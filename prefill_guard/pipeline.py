@@ -253,7 +253,7 @@ class Pipeline:
             # Undoing an append-only hook is dropping what it appended: no copy needed. (An
             # earlier hook may have made the generation take copies: use its own.)
             conversation = generation.messages
-            length = len(conversation)
+            length = len(conversation._messages)  # MessageList.__len__ is a Python call
             try:
                 hook(messages=conversation, params=generation.params)
             except Exception:
@@ -262,7 +262,7 @@ class Pipeline:
             except BaseException:
                 del conversation[length:]
                 raise
-            if len(conversation) != length:
+            if len(conversation._messages) != length:
                 generation.changed_before_send = True
         return generation
 

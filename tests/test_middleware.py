@@ -104,6 +104,20 @@ def test_beta_messages_are_guarded(anthropic_emulator: AnthropicEmulator) -> Non
     _assert_repaired_on_the_wire(anthropic_emulator)
 
 
+def test_a_messages_request_at_another_url_is_recognised_by_its_path(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """A URL the SDK's resources never use (another query) is still a Messages request."""
+    with anthropic_emulator.client() as client:
+        message = guard(client, REACTIVE).post(
+            "/v1/messages?source=test",
+            body={"model": MODEL, "max_tokens": 64, "messages": ENDS_WITH_ASSISTANT},
+            cast_to=anthropic.types.Message,
+        )
+    assert message.content[0].type == "text"
+    _assert_repaired_on_the_wire(anthropic_emulator)
+
+
 def test_persistent_rejection_raises_the_sdks_own_error(
     anthropic_emulator: AnthropicEmulator,
 ) -> None:
