@@ -81,7 +81,7 @@ def _paths(size: int) -> dict[str, Callable[[], object]]:
     request = recorder.request
     assert request is not None
     middleware = ErrorProcessorMiddleware()
-    success = SimpleNamespace(http_response=SimpleNamespace(is_success=True))
+    success = SimpleNamespace(http_response=SimpleNamespace(status_code=200))
     body = {"model": MODEL, "max_tokens": 64, "messages": messages}
 
     def through_middleware() -> object:

@@ -197,7 +197,7 @@ def _library_calls() -> dict[str, Callable[[], object]]:
     request = recorder.request
     assert request is not None
     middleware = ErrorProcessorMiddleware()
-    success = SimpleNamespace(http_response=SimpleNamespace(is_success=True))
+    success = SimpleNamespace(http_response=SimpleNamespace(status_code=200))
 
     def middleware_request() -> object:
         return middleware.handle(request, lambda sent: success)
