@@ -33,6 +33,7 @@ __all__ = [
     "machine",
     "median",
     "percentile",
+    "ratio_interval",
     "write_json",
 ]
 
@@ -149,6 +150,35 @@ def percentile(values: Sequence[float], fraction: float) -> float:
         raise ValueError("percentile of no values")
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
     return ordered[index]
+
+
+def ratio_interval(
+    numerator: Sequence[float],
+    denominator: Sequence[float],
+    *,
+    seed: int,
+    resamples: int = 400,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """A bootstrap interval for ``median(numerator) / median(denominator)``.
+
+    The two lists are paired by round (see :func:`interleave`), so rounds are resampled
+    whole. It says how far the ratio could move from sampling alone; a busy spell of the
+    machine moves it further, which only other runs show.
+    """
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError("ratio_interval needs two non-empty lists of the same length")
+    rng = random.Random(seed)
+    rounds = range(len(numerator))
+    ratios = []
+    for _ in range(resamples):
+        chosen = rng.choices(rounds, k=len(rounds))
+        ratios.append(
+            median([numerator[i] for i in chosen]) / median([denominator[i] for i in chosen])
+        )
+    ratios.sort()
+    tail = (1 - level) / 2
+    return ratios[int(tail * (resamples - 1))], ratios[round((1 - tail) * (resamples - 1))]
 
 
 def interleave(

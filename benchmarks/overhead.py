@@ -30,6 +30,7 @@ from .common import (
     interleave,
     median,
     percentile,
+    ratio_interval,
 )
 
 __all__ = ["CONVERSATION", "run"]
@@ -118,7 +119,7 @@ def _timed(call: Callable[[], object]) -> tuple[float, float]:
 
 def _latency(section: Section, config: Config) -> None:
     """Loopback HTTP against the emulator process: wall time and this process's CPU time."""
-    rounds = config.pick(2400, 100)
+    rounds = config.pick(6000, 100)
     with emulator_process() as emulator, emulator.sync_client() as client:
         sides = _sides(client)
         for call in sides.values():  # warm up: connections, caches, lazy imports
@@ -150,8 +151,10 @@ def _latency(section: Section, config: Config) -> None:
             f"client CPU {cpu_medians[name] * 1e6:,.0f} µs",
         )
     block = max(1, rounds // 6)  # the same ratio over stretches of the run: how steady it is
+    intervals = {}
     for name in ("agent", "guarded"):
         ratio = medians[name] / medians["raw"]
+        low, high = intervals[name] = ratio_interval(wall[name], wall["raw"], seed=config.seed)
         by_block = [
             median(wall[name][i : i + block]) / median(wall["raw"][i : i + block])
             for i in range(0, rounds - block + 1, block)
@@ -163,6 +166,7 @@ def _latency(section: Section, config: Config) -> None:
             target=f"<= {LATENCY_TARGET}",
             met=ratio <= LATENCY_TARGET,
             detail=f"+{(medians[name] - medians['raw']) * 1e6:,.0f} µs at the median; "
+            f"95% bootstrap interval {low:.3f} to {high:.3f}; "
             f"client CPU +{(cpu_medians[name] - cpu_medians['raw']) * 1e6:,.0f} µs; "
             f"{min(by_block):.3f} to {max(by_block):.3f} over blocks of {block} rounds",
         )
@@ -172,6 +176,9 @@ def _latency(section: Section, config: Config) -> None:
         "p90_us": {name: round(percentile(wall[name], 0.9) * 1e6, 1) for name in wall},
         "client_cpu_median_us": {name: round(v * 1e6, 1) for name, v in cpu_medians.items()},
         "ratio_to_raw": {name: round(medians[name] / medians["raw"], 4) for name in medians},
+        "ratio_95_interval": {
+            name: [round(low, 4), round(high, 4)] for name, (low, high) in intervals.items()
+        },
     }
 
 
