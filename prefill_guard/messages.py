@@ -116,13 +116,6 @@ def _where(index: int, block: int | None = None) -> str:
 
 
 def _block_to_dict(block: Any, index: int, position: int) -> dict[str, Any]:
-    if (
-        type(block) is TextBlock
-        and block.citations is None
-        and not block.__pydantic_extra__
-        and type(block.text) is str
-    ):  # a reply's plain text block: exactly its model_dump(mode="json", exclude_none=True)
-        return {"text": block.text, "type": "text"}
     # A plain dict, the common case, skips the abstract-class checks.
     fresh = type(block) is not dict and isinstance(block, BaseModel)
     if fresh:  # model_dump(mode="json") builds new objects: nothing is shared with the reply's
@@ -145,7 +138,15 @@ def _reply_to_raw(message: Message, index: int) -> RawMessage:
         return _validate({"role": role, "content": list(message.content)}, index)
     content: list[dict[str, Any]] = []
     for position, block in enumerate(message.content):
-        content.append(_block_to_dict(block, index, position))
+        if (
+            type(block) is TextBlock
+            and block.citations is None
+            and not block.__pydantic_extra__
+            and type(block.text) is str
+        ):  # a plain text block, inline: exactly its model_dump(mode="json", exclude_none=True)
+            content.append({"text": block.text, "type": "text"})
+        else:
+            content.append(_block_to_dict(block, index, position))
     return {"role": role, "content": content}
 
 
