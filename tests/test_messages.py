@@ -279,7 +279,8 @@ _text_block = st.fixed_dictionaries(
 @given(st.lists(_text_block, min_size=1, max_size=3), st.booleans())
 def test_a_reply_is_stored_as_its_json_dump(blocks: list[dict[str, Any]], validated: bool) -> None:
     """Property: a reply's blocks are stored as model_dump(mode="json", exclude_none=True),
-    for validated and constructed replies alike (the SDK constructs them unvalidated)."""
+    for validated and constructed replies alike (the SDK constructs them unvalidated), and
+    whether the reply or a message dict holding its blocks is stored."""
     body = {**_reply().model_dump(), "content": blocks}
     reply = Message.model_validate(body) if validated else Message.construct(**body)
     expected = [b.model_dump(mode="json", exclude_none=True) for b in reply.content]
@@ -290,6 +291,9 @@ def test_a_reply_is_stored_as_its_json_dump(blocks: list[dict[str, Any]], valida
     appended._append_reply(reply)  # the generation's path for its reply
     assert appended[0] == stored
     assert [list(b) for b in appended[0]["content"]] == [list(b) for b in expected]
+    as_dict = MessageList([{"role": "assistant", "content": list(reply.content)}])[0]
+    assert as_dict == stored  # the reply's block models inside a message dict
+    assert [list(b) for b in as_dict["content"]] == [list(b) for b in expected]
 
 
 @pytest.mark.parametrize("role", ["system", None, ["assistant"]])
