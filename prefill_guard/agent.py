@@ -242,28 +242,24 @@ class Agent:
         return self._pipeline.begin(conversation, merged), thread
 
     def _sync_client_for(self, method: str) -> SyncClient:
+        """The sync client, made once under the lock; callers read ``_sync_client`` first."""
         if self._client_kind == "async":
             raise TypeError(
                 f"Agent.{method}() needs a synchronous client, but this Agent was given an async "
                 f"one; use the async twin (a{method}) or pass client=anthropic.Anthropic()"
             )
-        client = self._sync_client
-        if client is not None:  # set once, never unset: no lock needed to read it
-            return client
         with self._lock:
             if self._sync_client is None:
                 self._sync_client = anthropic.Anthropic(max_retries=0)
             return self._sync_client
 
     def _async_client_for(self, method: str) -> AsyncClient:
+        """The async client, made once under the lock; callers read ``_async_client`` first."""
         if self._client_kind == "sync":
             raise TypeError(
                 f"Agent.{method}() needs an async client, but this Agent was given a synchronous "
                 f"one; use the sync twin ({method[1:]}) or pass client=anthropic.AsyncAnthropic()"
             )
-        client = self._async_client
-        if client is not None:  # set once, never unset: no lock needed to read it
-            return client
         with self._lock:
             if self._async_client is None:
                 self._async_client = anthropic.AsyncAnthropic(max_retries=0)
