@@ -30,6 +30,7 @@ from anthropic._base_client import AsyncAPIClient, SyncAPIClient
 from .errors import status_error_from_response
 from .messages import MessageList
 from .pipeline import AnyProcessor, Generation, Pipeline, run_async, run_sync
+from .processors import RequestParams
 
 __all__ = ["ErrorProcessorMiddleware", "guard", "install", "installed", "uninstall"]
 
@@ -82,12 +83,15 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         begun = self._begin(request)
         if begun is None:
             return call_next(request)
-        generation, request = begun
+        request, generation, messages, params = begun
         response: APIResponse[Any] = call_next(request)
         while not 200 <= response.http_response.status_code < 300:  # is_success, inlined
             response.http_response.read()
-            error = status_error_from_response(response)
-            if _sdk_will_retry(request, response) or not run_sync(generation.failed(error)):
+            if _sdk_will_retry(request, response):
+                return response
+            if generation is None:
+                generation = Generation(self.pipeline, messages, params, borrowed=True)
+            if not run_sync(generation.failed(status_error_from_response(response))):
                 return response
             response.http_response.close()
             request = request.copy(body=generation.request())
@@ -101,21 +105,33 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         begun = self._begin(request)
         if begun is None:
             return await call_next(request)
-        generation, request = begun
+        request, generation, messages, params = begun
         response: AsyncAPIResponse[Any] = await call_next(request)
         while not 200 <= response.http_response.status_code < 300:  # is_success, inlined
             await response.http_response.aread()
-            error = status_error_from_response(response)
-            if _sdk_will_retry(request, response) or not await run_async(generation.failed(error)):
+            if _sdk_will_retry(request, response):
+                return response
+            if generation is None:
+                generation = Generation(self.pipeline, messages, params, borrowed=True)
+            if not await run_async(generation.failed(status_error_from_response(response))):
                 return response
             await response.http_response.aclose()
             request = request.copy(body=generation.request())
             response = await call_next(request)
         return response
 
-    def _begin(self, request: APIRequest) -> tuple[Generation, APIRequest] | None:
-        """A generation for a Messages request and its first attempt's request, or None for
-        anything else (passed through untouched)."""
+    def _begin(
+        self, request: APIRequest
+    ) -> tuple[APIRequest, Generation | None, MessageList, RequestParams] | None:
+        """A Messages request's first attempt, its generation, conversation and parameters, or
+        None for anything else (passed through untouched).
+
+        The generation is ``None`` in the common case, which costs the least: a body already in
+        the API's shape, used without a copy, and ``before_send`` hooks that only append and
+        appended nothing. The request then goes out as it came, and the generation is made
+        only if it fails, over the same conversation and parameters (see
+        :meth:`Pipeline.run_appending_hooks`).
+        """
         if not self.enabled or request.method.lower() != "post":
             return None
         url = request.url
@@ -126,24 +142,23 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
             return None
         params = dict(body)
         del params["messages"]
-        # The common case, a body already in the API's shape, is used without a copy until a
-        # processor (or a hook that is not append-only) may change it; see Pipeline.begin.
+        pipeline = self.pipeline
         messages = MessageList._borrow(body["messages"])
-        if messages is not None and self.pipeline.appends_only_before_send:
-            generation = self.pipeline.begin(messages, params, borrowed=True)
+        if messages is not None and pipeline.appends_only_before_send:
             # Rebuilding the request means request.copy(), which deep-copies the whole body.
             # Hooks that only append leave the messages borrowed, exactly what to_api() would
             # give back: unless one appended, the request goes out as it came.
-            if not generation.changed_before_send:
-                return generation, request
+            if not pipeline.run_appending_hooks(messages, params):
+                return request, None, messages, params
+            generation = Generation(pipeline, messages, params, borrowed=True)
         else:
             try:
                 messages = MessageList(body["messages"])
             except (TypeError, ValueError) as exc:
                 logger.debug("passing a Messages request through untouched: %s", exc)
                 return None
-            generation = self.pipeline.begin(messages, params)
-        return generation, request.copy(body=generation.request())
+            generation = pipeline.begin(messages, params)
+        return request.copy(body=generation.request()), generation, messages, params
 
 
 def _sdk_will_retry(

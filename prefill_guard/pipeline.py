@@ -245,26 +245,41 @@ class Pipeline:
         copies nothing. ``borrowed`` says the same of the message dicts in ``messages``.
         """
         generation = Generation(self, messages, params, borrowed=borrowed)
-        for processor_id, hook, hook_appends_only in self._before_send:
-            if not hook_appends_only:
+        if self.appends_only_before_send:
+            self.run_appending_hooks(messages, params)
+        else:  # each hook on the generation's own copies, saved first so it can be undone
+            for processor_id, hook, _ in self._before_send:
                 generation.run_before_send(processor_id, hook)
-                generation.changed_before_send = True
-                continue
-            # Undoing an append-only hook is dropping what it appended: no copy needed. (An
-            # earlier hook may have made the generation take copies: use its own.)
-            conversation = generation.messages
-            length = len(conversation._messages)  # MessageList.__len__ is a Python call
+        return generation
+
+    def run_appending_hooks(self, messages: MessageList, params: RequestParams) -> bool:
+        """Run the ``before_send`` hooks of a pipeline whose hooks all only append (see
+        :attr:`appends_only_before_send`); whether any of them appended a message.
+
+        This is :meth:`begin` without the :class:`Generation`, for a driver that needs one only
+        once a request has failed: the middleware, where most requests succeed. A generation
+        made afterwards over the same ``messages`` and ``params`` starts where :meth:`begin`
+        would have left it. Undoing an append-only hook that raises is dropping what it
+        appended, so nothing is copied.
+        """
+        if not self.appends_only_before_send:
+            raise TypeError(
+                "run_appending_hooks() needs before_send hooks that are all marked "
+                "appends_only; use begin(), which can undo any change"
+            )
+        conversation = messages._messages  # MessageList.__len__ is a Python call
+        length = start = len(conversation)
+        for processor_id, hook, _ in self._before_send:
             try:
-                hook(messages=conversation, params=generation.params)
+                hook(messages=messages, params=params)
             except Exception:
                 logger.exception("processor %r raised in before_send; skipped", processor_id)
                 del conversation[length:]
             except BaseException:
                 del conversation[length:]
                 raise
-            if len(conversation._messages) != length:
-                generation.changed_before_send = True
-        return generation
+            length = len(conversation)
+        return length != start
 
 
 class Generation:
@@ -282,7 +297,6 @@ class Generation:
         "_pipeline",
         "_processor_retries",
         "_retry_counts",
-        "changed_before_send",
         "messages",
         "params",
     )
@@ -299,9 +313,6 @@ class Generation:
         self.params = params
         self._borrowed = borrowed
         self._owns_params = False
-        self.changed_before_send = False
-        """Whether a ``before_send`` hook may have changed the conversation or the parameters
-        (always assumed for a hook not marked :func:`appends_only`)."""
         self._pipeline = pipeline
         self._retry_counts: list[int] | None = None
         self._processor_retries = 0

@@ -9,11 +9,13 @@ import pytest
 
 from prefill_guard import (
     ErrorProcessorMiddleware,
+    MessageList,
     PrefillErrorHandler,
     ProcessAPIErrorResult,
     guard,
 )
 from prefill_guard.errors import api_message
+from prefill_guard.pipeline import appends_only
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, PREFILL_MESSAGE, AnthropicEmulator, Fault
 
 from .conftest import AsyncPrefillRepair, EditsInPlace, ErrorRecorder
@@ -339,3 +341,48 @@ def test_a_request_the_hooks_leave_alone_is_sent_as_the_sdk_built_it(
     assert inner.requests[0] is outer.requests[0]
     assert inner.requests[1] is not outer.requests[1]  # the adaptive guard added the reminder
     assert _wire(anthropic_emulator)[1] == [*ENDS_WITH_ASSISTANT, REMINDER_ON_WIRE]
+
+
+class CountingHook:
+    """An append-only ``before_send`` hook that appends nothing and counts its calls."""
+
+    id = "counting-hook"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @appends_only
+    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
+        self.calls += 1
+
+    def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
+        return None
+
+
+def test_a_repair_made_after_the_first_attempt_runs_before_send_once(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """The generation is made only when the first attempt fails: the hooks that ran before it
+    are not run again, and the repair goes out as the Agent's would (2 requests)."""
+    hook = CountingHook()
+    messages: list[Any] = [dict(m) for m in ENDS_WITH_ASSISTANT]
+    with anthropic_emulator.client() as client:
+        guard(client, [hook, PrefillErrorHandler()]).messages.create(
+            model=MODEL, max_tokens=64, messages=messages
+        )
+    assert hook.calls == 1
+    _assert_repaired_on_the_wire(anthropic_emulator)
+    assert messages == ENDS_WITH_ASSISTANT
+
+
+async def test_an_async_repair_made_after_the_first_attempt_runs_before_send_once(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """The async twin of the test above."""
+    hook = CountingHook()
+    async with anthropic_emulator.async_client() as client:
+        await guard(client, [hook, PrefillErrorHandler()]).messages.create(
+            model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT
+        )
+    assert hook.calls == 1
+    _assert_repaired_on_the_wire(anthropic_emulator)

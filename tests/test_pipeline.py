@@ -12,7 +12,14 @@ import anthropic
 import pytest
 
 from prefill_guard import MessageList, Pipeline, PrefillErrorHandler, ProcessAPIErrorResult
-from prefill_guard.pipeline import Attempt, RunResult, appends_only, run_async, run_sync
+from prefill_guard.pipeline import (
+    Attempt,
+    Generation,
+    RunResult,
+    appends_only,
+    run_async,
+    run_sync,
+)
 from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
 
 from .conftest import SwitchModel
@@ -366,7 +373,6 @@ def test_hooks_on_a_borrowed_conversation_change_the_generations_copy_only() -> 
     params = {"model": "m", "nested": {"list": [1]}}
     pipeline = Pipeline([Prepare("edit", edit=True), AppendOnly("append", edit=False)])
     generation = pipeline.begin(borrowed, params, borrowed=True)
-    assert generation.changed_before_send
     assert not generation.borrowed
     assert generation.request()["messages"] == [
         {"role": "user", "content": "edited by edit"},
@@ -379,26 +385,105 @@ def test_hooks_on_a_borrowed_conversation_change_the_generations_copy_only() -> 
     assert params == {"model": "m", "nested": {"list": [1]}}
 
 
-@pytest.mark.parametrize(("appends", "changed"), [(False, False), (True, True)])
-def test_an_append_only_hook_leaves_a_borrowed_conversation_borrowed(
-    appends: bool, changed: bool
-) -> None:
-    """Append-only hooks copy nothing; changed_before_send says whether one appended."""
-
-    class Maybe(AppendOnly):
-        @appends_only
-        def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
-            if appends:
-                messages.add("user", "more")
-
+@pytest.mark.parametrize("appends", [False, True])
+def test_an_append_only_hook_leaves_a_borrowed_conversation_borrowed(appends: bool) -> None:
+    """Append-only hooks copy nothing: the generation still shares the caller's dicts."""
     raw = _caller_conversation()
     borrowed = MessageList._borrow(raw)
     assert borrowed is not None
-    generation = Pipeline([Maybe("maybe", edit=False)]).begin(borrowed, {}, borrowed=True)
+    generation = Pipeline([Maybe("maybe", appends=appends)]).begin(borrowed, {}, borrowed=True)
     assert generation.borrowed
-    assert generation.changed_before_send is changed
     assert all(ours is theirs for ours, theirs in zip(generation.messages, raw, strict=False))
-    assert len(raw) == 2
+    assert len(generation.messages) == (3 if appends else 2)
+    assert raw == _caller_conversation()
+
+
+class Maybe:
+    """An append-only hook that appends a user message only when told to (or raises)."""
+
+    def __init__(self, id: str, *, appends: bool, fail: bool = False) -> None:
+        self.id = id
+        self.appends = appends
+        self.fail = fail
+
+    @appends_only
+    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
+        if self.appends:
+            messages.add("user", f"appended by {self.id}")
+        if self.fail:
+            raise RuntimeError(f"{self.id} failed")
+
+    def process_api_error(
+        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("hooks", "appended"),
+    [
+        ([], False),
+        ([Maybe("a", appends=False)], False),
+        ([Maybe("a", appends=True)], True),
+        ([Maybe("a", appends=False), Maybe("b", appends=True)], True),
+        ([Maybe("a", appends=True, fail=True)], False),
+        ([Maybe("a", appends=True, fail=True), Maybe("b", appends=True)], True),
+    ],
+)
+def test_run_appending_hooks_says_whether_a_hook_appended(
+    hooks: list[Maybe], appended: bool
+) -> None:
+    """What a raising hook appended is dropped and does not count; the next hook still runs."""
+    raw = _caller_conversation()
+    borrowed = MessageList._borrow(raw)
+    assert borrowed is not None
+    assert Pipeline(hooks).run_appending_hooks(borrowed, {"model": "m"}) is appended
+    kept = [hook.id for hook in hooks if hook.appends and not hook.fail]
+    assert borrowed.to_api() == [
+        *_caller_conversation(),
+        *(_user(f"appended by {k}") for k in kept),
+    ]
+    assert raw == _caller_conversation()
+
+
+@pytest.mark.parametrize(
+    "hooks",
+    [
+        [Maybe("a", appends=True)],
+        [Maybe("a", appends=True, fail=True), Maybe("b", appends=False)],
+        [Maybe("a", appends=True), Maybe("b", appends=True, fail=True)],
+    ],
+)
+def test_a_generation_made_after_run_appending_hooks_is_the_one_begin_makes(
+    hooks: list[Maybe],
+) -> None:
+    """The middleware's lazy path and begin() leave a generation in the same state: same
+    conversation, parameters and request, still borrowed, and the same repair on a failure."""
+    pipeline = Pipeline([*hooks, PrefillErrorHandler()])
+    params = {"model": "m", "max_tokens": 8}
+    borrowed, messages = (MessageList._borrow(_caller_conversation()) for _ in range(2))
+    assert borrowed is not None
+    assert messages is not None
+    begun = pipeline.begin(borrowed, dict(params), borrowed=True)
+    lazy_params = dict(params)
+    pipeline.run_appending_hooks(messages, lazy_params)
+    lazy = Generation(pipeline, messages, lazy_params, borrowed=True)
+    assert (lazy.request(), lazy.borrowed, lazy.params) == (
+        begun.request(),
+        begun.borrowed,
+        begun.params,
+    )
+    for generation in (begun, lazy):
+        assert run_sync(generation.failed(make_api_error(400, PREFILL_MESSAGE)))
+    assert lazy.request() == begun.request()
+    assert [a.retried_by for a in lazy.attempts] == [a.retried_by for a in begun.attempts]
+
+
+def test_run_appending_hooks_refuses_a_hook_that_may_edit() -> None:
+    """A pipeline with a hook not marked appends_only must go through begin(), which can undo
+    an edit: asking it to run its hooks the cheap way is a clear TypeError."""
+    with pytest.raises(TypeError, match="all marked appends_only; use begin"):
+        Pipeline([Prepare("edit", edit=True)]).run_appending_hooks(MessageList(), {})
 
 
 def _user(text: str) -> dict[str, Any]:
