@@ -364,8 +364,8 @@ class Generation:
         """Call ``hook(messages=..., params=...)``; on an exception log it and undo its changes.
 
         The conversation and parameters are saved first (a deep copy), so that whatever the
-        hook changed before it raised can be put back. An append-only hook needs no copy; see
-        :meth:`Pipeline.begin`.
+        hook changed before it raised can be put back. A pipeline whose hooks all only append
+        needs no copy and does not come here; see :meth:`Pipeline.run_appending_hooks`.
         """
         self._own()
         saved = self._save()
