@@ -67,13 +67,17 @@ def _paths(size: int) -> dict[str, Callable[[], object]]:
     in_place = MessageList(messages)
     agent = Agent(MODEL, client=_in_memory_client(), error_processors=_recommended_processors())
 
+    def first_request(conversation: list[dict[str, Any]] | MessageList) -> object:
+        # What Agent.generate does before it sends its first request.
+        prepared, params, _ = agent._prepare("generate", conversation, {}, None)
+        agent.pipeline.run_appending_hooks(prepared, params)
+        return {**params, "messages": prepared.to_api()}
+
     def from_list() -> object:
-        generation, _ = agent._begin("generate", messages, {}, None)
-        return generation.request()
+        return first_request(messages)
 
     def from_message_list() -> object:
-        generation, _ = agent._begin("generate", in_place, {}, None)
-        return generation.request()
+        return first_request(in_place)
 
     recorder = _Recorder()
     client = _in_memory_client().with_middleware(recorder)

@@ -19,7 +19,6 @@ from anthropic.types import Message
 from prefill_guard import Agent, ErrorProcessorMiddleware, MessageList, guard
 from prefill_guard.middleware import _recommended_processors
 from prefill_guard.pipeline import Attempt, RunResult
-from prefill_guard.retries import call_with_retries
 
 from .common import (
     MODEL,
@@ -188,12 +187,12 @@ def _library_calls() -> dict[str, Callable[[], object]]:
     reply._request_id = "req_bench"  # as the SDK sets it on every reply
     client = _in_memory_client()
     agent = Agent(MODEL, client=client, error_processors=_recommended_processors())
+    # The SDK client the Agent calls, replaced by one whose messages.create answers at once.
+    answering = SimpleNamespace(messages=SimpleNamespace(create=lambda **request: reply))
+    agent._sync_client = answering  # type: ignore[assignment]
 
     def agent_request() -> object:
-        # Agent.generate, line by line, with a send that answers at once.
-        generation, _ = agent._begin("generate", CONVERSATION, {"max_tokens": MAX_TOKENS}, None)
-        message = call_with_retries(generation, agent.retry_policy, lambda request: reply)
-        return generation.succeeded(message)
+        return agent.generate(CONVERSATION, max_tokens=MAX_TOKENS)
 
     recorder = _Recorder()
     client.with_middleware(recorder).messages.create(
@@ -247,24 +246,19 @@ def _stages(section: Section, config: Config) -> None:
     reply = Message.model_validate(REPLY_BODY)
     reply._request_id = "req_bench"
     agent = Agent(MODEL, client=_in_memory_client(), error_processors=_recommended_processors())
-    generation, _ = agent._begin("generate", CONVERSATION, {"max_tokens": MAX_TOKENS}, None)
     conversation = MessageList(CONVERSATION)
     params = {"model": MODEL, "max_tokens": MAX_TOKENS}
     stages: dict[str, Callable[[], object]] = {
-        "Agent._begin (all of it)": lambda: agent._begin(
+        "Agent._prepare (all of it)": lambda: agent._prepare(
             "generate", CONVERSATION, {"max_tokens": MAX_TOKENS}, None
         ),
         "  copy the caller's 3 messages into a MessageList": lambda: MessageList(CONVERSATION),
-        "  Pipeline.begin: Generation + before_send hooks": lambda: agent.pipeline.begin(
-            conversation, dict(params)
+        "before_send hooks (Pipeline.run_appending_hooks)": lambda: (
+            agent.pipeline.run_appending_hooks(conversation, params)
         ),
-        "first attempt: request() + call_with_retries": lambda: call_with_retries(
-            generation, agent.retry_policy, lambda request: reply
-        ),
-        "succeeded: store the reply (its blocks as dicts)": lambda: MessageList()._append_reply(
-            reply
-        ),
-        "succeeded: Attempt + RunResult records": lambda: (
+        "the request's messages (MessageList.to_api)": conversation.to_api,
+        "store the reply (its blocks as dicts)": lambda: MessageList()._append_reply(reply),
+        "Attempt + RunResult records": lambda: (
             Attempt(1, None, "req_bench"),
             RunResult(reply, conversation, ()),
         ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -12,9 +12,16 @@ import anthropic
 from anthropic._base_client import AsyncAPIClient, SyncAPIClient
 
 from .messages import MessageList, RawMessage, deep_copy
-from .pipeline import AnyProcessor, Generation, Pipeline, RunResult
+from .pipeline import AnyProcessor, Generation, Pipeline, RunResult, finish_run
 from .processors import RequestParams
-from .retries import OnRetry, RetryPolicy, acall_with_retries, call_with_retries
+from .retries import (
+    OnRetry,
+    RetryPolicy,
+    acall_with_retries,
+    aresume_with_retries,
+    call_with_retries,
+    resume_with_retries,
+)
 from .stores import ThreadStore
 from .streaming import AgentStream, AsyncAgentStream, AsyncClient, SyncClient
 
@@ -156,11 +163,10 @@ class Agent:
         for this call. When neither retry layer retries, the original SDK exception is raised.
         """
         client = self._sync_client or self._sync_client_for("generate")
-        generation, thread = self._begin("generate", messages, params, thread_id)
-        message = call_with_retries(
-            generation, self._retry_policy, lambda request: client.messages.create(**request)
+        conversation, merged, thread = self._prepare("generate", messages, params, thread_id)
+        result = _run(
+            self._pipeline, self._retry_policy, conversation, merged, client.messages.create
         )
-        result = generation.succeeded(message)
         if thread is not None:
             thread.save()
         return result
@@ -171,15 +177,14 @@ class Agent:
         """The async twin of :meth:`generate`; ``async def`` processors are awaited."""
         client = self._async_client or self._async_client_for("agenerate")
         if thread_id is None:
-            generation, thread = self._begin("agenerate", messages, params, None)
+            conversation, merged, thread = self._prepare("agenerate", messages, params, None)
         else:  # a store may block: read and write it off the event loop
-            generation, thread = await asyncio.to_thread(
-                self._begin, "agenerate", messages, params, thread_id
+            conversation, merged, thread = await asyncio.to_thread(
+                self._prepare, "agenerate", messages, params, thread_id
             )
-        message = await acall_with_retries(
-            generation, self._retry_policy, lambda request: client.messages.create(**request)
+        result = await _arun(
+            self._pipeline, self._retry_policy, conversation, merged, client.messages.create
         )
-        result = generation.succeeded(message)
         if thread is not None:
             await asyncio.to_thread(thread.save)
         return result
@@ -220,12 +225,25 @@ class Agent:
         params: dict[str, Any],
         thread_id: str | None,
     ) -> tuple[Generation, _ThreadRun | None]:
+        """A generation for a stream, which needs one from its first attempt on."""
+        conversation, merged, thread = self._prepare(method, messages, params, thread_id)
+        return self._pipeline.begin(conversation, merged), thread
+
+    def _prepare(
+        self,
+        method: str,
+        messages: MessagesInput | None,
+        params: dict[str, Any],
+        thread_id: str | None,
+    ) -> tuple[MessageList, RequestParams, _ThreadRun | None]:
+        """Check a call's arguments; its conversation, request parameters and stored thread."""
         caller = _CALLERS[method]
         if not _RESERVED_KEYS.isdisjoint(params):
             _check_params(params, caller)
         if self._pipeline.has_async_processor and method in ("generate", "stream"):
             self._pipeline.require_sync(caller)
-        # The Generation deep-copies the values before anything may change them (not per call).
+        # Values still shared with the Agent's defaults: a generation deep-copies them before
+        # anything may change them, which on the happy path nothing does.
         merged: RequestParams = {**self._base_params, **params}
         thread = None
         if thread_id is not None:
@@ -239,7 +257,7 @@ class Agent:
             conversation = MessageList(messages)
         else:
             conversation = _as_message_list(messages)
-        return self._pipeline.begin(conversation, merged), thread
+        return conversation, merged, thread
 
     def _sync_client_for(self, method: str) -> SyncClient:
         """The sync client, made once under the lock; callers read ``_sync_client`` first."""
@@ -264,6 +282,64 @@ class Agent:
             if self._async_client is None:
                 self._async_client = anthropic.AsyncAnthropic(max_retries=0)
             return self._async_client
+
+
+def _run(
+    pipeline: Pipeline,
+    policy: RetryPolicy,
+    messages: MessageList,
+    params: RequestParams,
+    create: Callable[..., Any],
+) -> RunResult:
+    """One non-streaming generation: ``create(**params, messages=...)`` until it succeeds.
+
+    When every ``before_send`` hook only appends (the default stack), the first request goes
+    out without a :class:`Generation`, which is made only if that request fails: it starts
+    where :meth:`Pipeline.begin` would have left it, and the retry loops take over from there.
+    Most requests succeed, and then need only the conversation, the reply and one record.
+    """
+    if not pipeline.appends_only_before_send:
+        generation = pipeline.begin(messages, params)
+        return generation.succeeded(
+            call_with_retries(generation, policy, lambda request: create(**request))
+        )
+    pipeline.run_appending_hooks(messages, params)
+    try:
+        message = create(**params, messages=messages.to_api())
+    except BaseException as error:  # everything the loops would catch goes on to them
+        failure = error
+    else:
+        return finish_run(messages, message, [])
+    generation = Generation(pipeline, messages, params)
+    return generation.succeeded(
+        resume_with_retries(generation, policy, lambda request: create(**request), failure)
+    )
+
+
+async def _arun(
+    pipeline: Pipeline,
+    policy: RetryPolicy,
+    messages: MessageList,
+    params: RequestParams,
+    create: Callable[..., Awaitable[Any]],
+) -> RunResult:
+    """The async twin of :func:`_run`."""
+    if not pipeline.appends_only_before_send:
+        generation = pipeline.begin(messages, params)
+        return generation.succeeded(
+            await acall_with_retries(generation, policy, lambda request: create(**request))
+        )
+    pipeline.run_appending_hooks(messages, params)
+    try:
+        message = await create(**params, messages=messages.to_api())
+    except BaseException as error:  # cancellation too, as in acall_with_retries
+        failure = error
+    else:
+        return finish_run(messages, message, [])
+    generation = Generation(pipeline, messages, params)
+    return generation.succeeded(
+        await aresume_with_retries(generation, policy, lambda request: create(**request), failure)
+    )
 
 
 class _ThreadRun:

@@ -20,7 +20,15 @@ from anthropic.types import Message
 from .messages import MessageList, Snapshot, deep_copy
 from .processors import ParamsProcessor, ProcessAPIErrorResult, Processor, RequestParams
 
-__all__ = ["Attempt", "Generation", "Pipeline", "RunResult", "run_async", "run_sync"]
+__all__ = [
+    "Attempt",
+    "Generation",
+    "Pipeline",
+    "RunResult",
+    "finish_run",
+    "run_async",
+    "run_sync",
+]
 
 logger = logging.getLogger("prefill_guard")
 
@@ -257,10 +265,10 @@ class Pipeline:
         :attr:`appends_only_before_send`); whether any of them appended a message.
 
         This is :meth:`begin` without the :class:`Generation`, for a driver that needs one only
-        once a request has failed: the middleware, where most requests succeed. A generation
-        made afterwards over the same ``messages`` and ``params`` starts where :meth:`begin`
-        would have left it. Undoing an append-only hook that raises is dropping what it
-        appended, so nothing is copied.
+        once a request has failed (the Agent's ``generate`` and ``agenerate``, the middleware),
+        since most requests succeed. A generation made afterwards over the same ``messages``
+        and ``params`` starts where :meth:`begin` would have left it. Undoing an append-only
+        hook that raises is dropping what it appended, so nothing is copied.
         """
         if not self.appends_only_before_send:
             raise TypeError(
@@ -280,6 +288,31 @@ class Pipeline:
                 raise
             length = len(conversation)
         return length != start
+
+
+def finish_run(
+    messages: MessageList,
+    message: Message,
+    attempts: list[Attempt],
+    request_id: str | None = None,
+) -> RunResult:
+    """Record the successful attempt in ``attempts``, append the reply to ``messages``, sum up.
+
+    A reply with no content (or only whitespace text) is not appended: such an assistant turn
+    would make every later request of the conversation fail with a 400. ``request_id``
+    defaults to the one the SDK set on ``message``. Shared by :meth:`Generation.succeeded`
+    and a driver that sends a first request without a generation (the Agent).
+    """
+    if request_id is None:
+        request_id = getattr(message, "_request_id", None)
+    attempts.append(Attempt(len(attempts) + 1, None, request_id))
+    for block in message.content:
+        if block.type != "text" or block.text.strip():
+            messages._append_reply(message)
+            break
+    else:
+        logger.warning("the reply (request id %s) has no content; not stored", request_id)
+    return RunResult(message, messages, tuple(attempts))
 
 
 class Generation:
@@ -343,22 +376,9 @@ class Generation:
         return {**self.params, "messages": self.messages.to_api()}
 
     def succeeded(self, message: Message, request_id: str | None = None) -> RunResult:
-        """Record the successful attempt, append the reply to the conversation, sum it up.
-
-        A reply with no content (or only whitespace text) is not appended: such an assistant
-        turn would make every later request of the conversation fail with a 400.
-        """
-        if request_id is None:
-            request_id = getattr(message, "_request_id", None)
-        attempts = self._attempts
-        attempts.append(Attempt(len(attempts) + 1, None, request_id))
-        for block in message.content:
-            if block.type != "text" or block.text.strip():
-                self.messages._append_reply(message)
-                break
-        else:
-            logger.warning("the reply (request id %s) has no content; not stored", request_id)
-        return RunResult(message, self.messages, tuple(attempts))
+        """Record the successful attempt, append the reply to the conversation, sum it up
+        (see :func:`finish_run`)."""
+        return finish_run(self.messages, message, self._attempts, request_id)
 
     def run_before_send(self, owner: str, hook: Callable[..., object]) -> None:
         """Call ``hook(messages=..., params=...)``; on an exception log it and undo its changes.

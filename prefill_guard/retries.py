@@ -42,8 +42,10 @@ __all__ = [
     "RetryDetails",
     "RetryPolicy",
     "acall_with_retries",
+    "aresume_with_retries",
     "call_with_retries",
     "is_transient",
+    "resume_with_retries",
     "retry_after",
 ]
 
@@ -303,17 +305,32 @@ def call_with_retries(
 
     The loops are entered only as far as they are needed: building and driving tenacity's
     controllers costs more than the rest of the library's work per request. The first request
-    is sent before any controller exists (most succeed). If it fails transiently, the transient
-    loop takes over with that failure as its first attempt (a 529 that succeeds on the retry
-    never builds the processor loop); otherwise, or if the transient loop gives up, the
-    processor loop takes over with the error as the outcome of its first attempt. Every hook,
-    wait, record and decision is the same as if the loops had made those attempts themselves.
+    is sent before any controller exists (most succeed); if it fails, the loops take over as
+    :func:`resume_with_retries` describes.
     """
     try:
         return send(generation.request())
     except BaseException as error:  # everything tenacity would catch goes on to the loops
         failure = error
+    return resume_with_retries(generation, policy, send, failure)
 
+
+def resume_with_retries(
+    generation: Generation,
+    policy: RetryPolicy,
+    send: Callable[[dict[str, Any]], T],
+    failure: BaseException,
+) -> T:
+    """Carry on a generation whose first request, sent without the loops, failed with ``failure``.
+
+    If the failure is transient, the transient loop takes over with it as its first attempt (a
+    529 that succeeds on the retry never builds the processor loop); otherwise, or if the
+    transient loop gives up, the processor loop takes over with the error as the outcome of its
+    first attempt. Every hook, wait, record and decision is the same as if the loops had made
+    the first request themselves. ``generation`` must have no attempts yet: it is the state the
+    first request was built from (:meth:`Pipeline.begin`, or a generation made after
+    :meth:`Pipeline.run_appending_hooks`).
+    """
     replay: list[BaseException] = []  # an outcome already seen, given to a loop as an attempt's
 
     def send_once() -> T:
@@ -354,7 +371,16 @@ async def acall_with_retries(
         return await send(generation.request())
     except BaseException as error:  # cancellation too: the loops below see it as tenacity would
         failure = error
+    return await aresume_with_retries(generation, policy, send, failure)
 
+
+async def aresume_with_retries(
+    generation: Generation,
+    policy: RetryPolicy,
+    send: Callable[[dict[str, Any]], Awaitable[T]],
+    failure: BaseException,
+) -> T:
+    """The async twin of :func:`resume_with_retries`."""
     replay: list[BaseException] = []
     if is_transient(failure):
         replay.append(failure)
