@@ -17,12 +17,13 @@ from collections.abc import Iterable
 from anthropic import APIError
 
 from .messages import MessageList
-from .pipeline import appends_only
 from .processors import (
     PREFILL_REMINDER_TYPE,
     ProcessAPIErrorResult,
     RequestParams,
     append_system_reminder,
+    appends_only,
+    changes_only_on_retry,
     is_prefill_rejection,
 )
 
@@ -122,6 +123,7 @@ class AdaptivePrefillGuard:
         if self.knowledge.rejects_prefill(model):
             append_system_reminder(messages, "continue", PREFILL_REMINDER_TYPE)
 
+    @changes_only_on_retry  # it only learns; it never changes the request
     def process_api_error(
         self,
         *,

@@ -18,7 +18,15 @@ from anthropic import APIError
 from anthropic.types import Message
 
 from .messages import MessageList, Snapshot, deep_copy
-from .processors import ParamsProcessor, ProcessAPIErrorResult, Processor, RequestParams
+from .processors import (
+    _APPENDS_ONLY,
+    _CHANGES_ONLY_ON_RETRY,
+    ParamsProcessor,
+    ProcessAPIErrorResult,
+    Processor,
+    RequestParams,
+)
+from .processors import appends_only as appends_only  # where it was first documented
 
 __all__ = [
     "Attempt",
@@ -33,23 +41,7 @@ __all__ = [
 logger = logging.getLogger("prefill_guard")
 
 T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., object])
 AnyProcessor = Processor | ParamsProcessor
-
-_APPENDS_ONLY: set[object] = set()
-
-
-def appends_only(hook: F) -> F:
-    """Mark a ``before_send`` function that can change nothing but append messages at the end.
-
-    It must not edit, replace or remove a message, nor change ``params``, directly or through
-    anything it calls. Undoing such a hook after it raises means dropping what it appended, so
-    the pipeline skips the deep copy of the whole conversation that it otherwise takes before
-    every ``before_send`` call: on the happy path, before every request. An override in a
-    subclass is not marked (it is another function) and gets the full copy.
-    """
-    _APPENDS_ONLY.add(hook)
-    return hook
 
 
 @dataclass(frozen=True, init=False)
@@ -127,6 +119,7 @@ class _Entry:
     is_async: bool
     before_send: Callable[..., object] | None
     before_send_appends_only: bool
+    changes_only_on_retry: bool
 
 
 @dataclass(frozen=True)
@@ -173,6 +166,7 @@ def _register(processor: object, where: str) -> _Entry:
         is_async=inspect.iscoroutinefunction(hook),
         before_send=before_send,
         before_send_appends_only=getattr(before_send, "__func__", before_send) in _APPENDS_ONLY,
+        changes_only_on_retry=getattr(hook, "__func__", hook) in _CHANGES_ONLY_ON_RETRY,
     )
 
 
@@ -424,8 +418,10 @@ class Generation:
 
         Returns ``True`` when a processor asked for a retry within the cap. Only the winning
         processor keeps its changes: what any other changed in the list or params (because it
-        raised, passed, or returned something invalid) is undone. A processor that raises is
-        logged and skipped.
+        raised, passed, or returned something invalid) is undone from a save taken before it
+        ran. A processor that raises is logged and skipped. After a processor marked
+        :func:`~prefill_guard.processors.changes_only_on_retry` declines, there is nothing to
+        undo, and its save serves the next processor.
         """
         retried_by: str | None = None
         try:
@@ -436,6 +432,7 @@ class Generation:
             if self._retry_counts is None:
                 self._retry_counts = [0] * len(entries)
             retry_counts = self._retry_counts
+            saved: tuple[Snapshot, RequestParams] | None = None
             for index, entry in enumerate(entries):
                 kwargs: dict[str, Any] = {
                     "error": error,
@@ -444,7 +441,8 @@ class Generation:
                 }
                 if entry.takes_params:
                     kwargs["params"] = self.params
-                saved = self._save()
+                if saved is None:
+                    saved = self._save()
                 try:
                     result = yield Step(entry.id, entry.processor.process_api_error, kwargs)
                 except Exception:
@@ -454,6 +452,7 @@ class Generation:
                         type(error).__name__,
                     )
                     self._restore(saved)
+                    saved = None  # the restored values are the save's own: save again
                     continue
                 except BaseException:  # cancelled mid-processor: undo, then let it through
                     self._restore(saved)
@@ -470,7 +469,10 @@ class Generation:
                     self._processor_retries += 1
                     retried_by = entry.id
                     return True
+                elif entry.changes_only_on_retry:
+                    continue  # it declined, so it changed nothing: the save still holds
                 self._restore(saved)  # only the processor that wins keeps its changes
+                saved = None
             return False
         finally:
             self._attempts.append(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from anthropic import APIError, APIStatusError, NotGiven, Omit
 
@@ -41,6 +41,8 @@ __all__ = [
     "SamplingConflictHandler",
     "WhitespaceHandler",
     "append_system_reminder",
+    "appends_only",
+    "changes_only_on_retry",
     "default_processors",
     "drop_request_params",
     "effort_for_budget",
@@ -67,6 +69,40 @@ INTERRUPTED_TOOL_RESULT = "interrupted"
 
 SAMPLING_PARAMETERS: tuple[str, ...] = ("temperature", "top_p", "top_k")
 """The sampling parameters (the SDK's ``messages.create()`` takes them only in ``extra_body``)."""
+
+F = TypeVar("F", bound=Callable[..., object])
+
+_APPENDS_ONLY: set[object] = set()
+_CHANGES_ONLY_ON_RETRY: set[object] = set()
+
+
+def appends_only(hook: F) -> F:
+    """Mark a ``before_send`` function that can change nothing but append messages at the end.
+
+    It must not edit, replace or remove a message, nor change ``params``, directly or through
+    anything it calls. Undoing such a hook after it raises means dropping what it appended, so
+    the pipeline skips the deep copy of the whole conversation that it otherwise takes before
+    every ``before_send`` call: on the happy path, before every request. An override in a
+    subclass is not marked (it is another function) and gets the full copy.
+    """
+    _APPENDS_ONLY.add(hook)
+    return hook
+
+
+def changes_only_on_retry(hook: F) -> F:
+    """Mark a ``process_api_error`` that changes ``messages`` and ``params`` only when it
+    returns ``ProcessAPIErrorResult(retry=True)``.
+
+    Before each processor, the pipeline saves the conversation and the parameters (a deep copy)
+    so that it can undo what the processor changed if it raises or does not win. A marked
+    processor that declines has changed nothing, so the save is kept for the next processor:
+    a repair through a stack of marked processors copies the conversation once instead of once
+    per processor. What a marked processor changed before raising is still undone. An override
+    in a subclass is not marked (it is another function) and gets its own save.
+    """
+    _CHANGES_ONLY_ON_RETRY.add(hook)
+    return hook
+
 
 _PREFILL_PHRASES = ("assistant message prefill", "conversation must end with a user message")
 
@@ -347,6 +383,7 @@ class PrefillErrorHandler:
     id = "prefill-error-handler"
     name = "Prefill Error Handler"
 
+    @changes_only_on_retry
     def process_api_error(
         self, *, error: APIError, messages: MessageList, retry_count: int
     ) -> ProcessAPIErrorResult | None:
@@ -382,6 +419,7 @@ class SamplingConflictHandler:
             raise ValueError(f"keep must be 'temperature' or 'top_p', got {keep!r}")
         self.keep = keep
 
+    @changes_only_on_retry
     def process_api_error(
         self, *, error: APIError, messages: MessageList, retry_count: int, params: RequestParams
     ) -> ProcessAPIErrorResult | None:
@@ -422,6 +460,7 @@ class DeprecatedSamplingHandler:
             raise TypeError("drop_together must be a collection of parameter names, not a str")
         self.drop_together = tuple(drop_together)
 
+    @changes_only_on_retry
     def process_api_error(
         self, *, error: APIError, messages: MessageList, retry_count: int, params: RequestParams
     ) -> ProcessAPIErrorResult | None:
@@ -488,6 +527,7 @@ class AdaptiveThinkingHandler:
             raise TypeError(f"effort must be a callable of budget_tokens, got {effort!r}")
         self.effort = effort
 
+    @changes_only_on_retry
     def process_api_error(
         self, *, error: APIError, messages: MessageList, retry_count: int, params: RequestParams
     ) -> ProcessAPIErrorResult | None:
@@ -541,6 +581,7 @@ class ForcedToolChoiceHandler:
     def __init__(self, *, remind: bool = True) -> None:
         self.remind = remind
 
+    @changes_only_on_retry
     def process_api_error(
         self, *, error: APIError, messages: MessageList, retry_count: int, params: RequestParams
     ) -> ProcessAPIErrorResult | None:
@@ -602,6 +643,7 @@ class OrphanedToolUseHandler:
             raise ValueError("result_text must be a non-blank str")
         self.result_text = result_text
 
+    @changes_only_on_retry
     def process_api_error(
         self, *, error: APIError, messages: MessageList, retry_count: int
     ) -> ProcessAPIErrorResult | None:
@@ -692,6 +734,7 @@ class WhitespaceHandler:
             raise ValueError("placeholder must be a non-blank str")
         self.placeholder = placeholder
 
+    @changes_only_on_retry
     def process_api_error(
         self, *, error: APIError, messages: MessageList, retry_count: int
     ) -> ProcessAPIErrorResult | None:

@@ -11,7 +11,13 @@ from typing import Any
 import anthropic
 import pytest
 
-from prefill_guard import MessageList, Pipeline, PrefillErrorHandler, ProcessAPIErrorResult
+from prefill_guard import (
+    MessageList,
+    Pipeline,
+    PrefillErrorHandler,
+    ProcessAPIErrorResult,
+    default_processors,
+)
 from prefill_guard.pipeline import (
     Attempt,
     Generation,
@@ -20,6 +26,7 @@ from prefill_guard.pipeline import (
     run_async,
     run_sync,
 )
+from prefill_guard.processors import changes_only_on_retry
 from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
 
 from .conftest import SwitchModel
@@ -301,6 +308,116 @@ async def test_cancellation_inside_an_async_processor_undoes_its_changes() -> No
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(generation.messages) == 2
+
+
+class MarkedHalfRepair(HalfRepair):
+    """HalfRepair marked ``changes_only_on_retry``: a promise it keeps only by raising or
+    returning junk, the two cases in which its changes must still be undone."""
+
+    id = "marked-half-repair"
+
+    @changes_only_on_retry
+    def process_api_error(self, **kwargs: Any) -> Any:
+        return super().process_api_error(**kwargs)
+
+
+class Sees:
+    """Records the conversation and parameters it is given, then asks for a retry."""
+
+    id = "sees"
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def process_api_error(
+        self,
+        *,
+        error: anthropic.APIError,
+        messages: MessageList,
+        retry_count: int,
+        params: dict[str, Any],
+    ) -> ProcessAPIErrorResult | None:
+        self.seen.append((messages.to_api(), dict(params)))
+        return RETRY
+
+
+@pytest.mark.parametrize("outcome", ["raise", "junk"])
+def test_a_marked_processor_that_raises_or_returns_junk_is_still_undone(outcome: str) -> None:
+    """The shared save is restored after a marked processor that raises or returns junk, and
+    the processors after it see (and the retry sends) the conversation as it was."""
+    messages = MessageList(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
+    )
+    sees = Sees()
+    pipeline = Pipeline([MarkedHalfRepair(outcome), MarkedDecliner("after"), sees])
+    generation = pipeline.begin(messages, {"model": "m", "nested": {"list": [1]}})
+    assert run_sync(generation.failed(ERROR)) is True
+    original = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
+    assert sees.seen == [(original, {"model": "m", "nested": {"list": [1]}})]
+    assert generation.request()["messages"] == original
+
+
+class MarkedDecliner:
+    """Declines without changing anything, and is marked as such."""
+
+    def __init__(self, id: str) -> None:
+        self.id = id
+
+    @changes_only_on_retry
+    def process_api_error(
+        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        return None
+
+
+class UnmarkedDecliner(MarkedDecliner):
+    """The same, overridden in a subclass: the override is not marked."""
+
+    def process_api_error(
+        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        return None
+
+
+def _saves_in_one_repair(processors: list[Any], monkeypatch: pytest.MonkeyPatch) -> int:
+    saves = 0
+    save = Generation._save
+
+    def counted(self: Generation) -> Any:
+        nonlocal saves
+        saves += 1
+        return save(self)
+
+    monkeypatch.setattr(Generation, "_save", counted)
+    generation = _generation(Pipeline(processors))
+    assert run_sync(generation.failed(ERROR)) is True
+    return saves
+
+
+@pytest.mark.parametrize(
+    ("kinds", "saves"),
+    [
+        ("MMM", 1),  # one save serves every marked processor and the winner
+        ("MUM", 2),  # an unmarked one that declines is undone; the next needs a new save
+        ("UUU", 4),  # one save per processor, as without marks
+        ("SSM", 3),  # an override in a subclass is not marked
+    ],
+)
+def test_marked_processors_that_decline_share_one_save(
+    kinds: str, saves: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Conversation and params are saved before the first processor, and again only after
+    one that may have changed them was undone (M marked, U unmarked, S a subclass override;
+    a winner that is not marked follows)."""
+    kind = {"M": MarkedDecliner, "U": UnmarkedDecliner, "S": UnmarkedDecliner}
+    processors = [kind[k](f"{k}{i}") for i, k in enumerate(kinds)]
+    assert _saves_in_one_repair([*processors, Recorder("wins", [RETRY])], monkeypatch) == saves
+
+
+def test_the_built_in_processors_share_one_save(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prefill 400 through the whole default stack saves the conversation once: every
+    built-in is marked ``changes_only_on_retry`` (it changes nothing when it declines)."""
+    assert _saves_in_one_repair(default_processors(), monkeypatch) == 1
 
 
 def test_bad_return_value_is_logged_by_type_not_content(caplog: pytest.LogCaptureFixture) -> None:
