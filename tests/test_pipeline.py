@@ -311,8 +311,8 @@ async def test_cancellation_inside_an_async_processor_undoes_its_changes() -> No
 
 
 class MarkedHalfRepair(HalfRepair):
-    """HalfRepair marked ``changes_only_on_retry``: a promise it keeps only by raising or
-    returning junk, the two cases in which its changes must still be undone."""
+    """HalfRepair marked ``changes_only_on_retry``, used only to raise or return junk after
+    its edits: the two cases in which a marked processor's changes must still be undone."""
 
     id = "marked-half-repair"
 
@@ -370,7 +370,7 @@ class MarkedDecliner:
         return None
 
 
-class UnmarkedDecliner(MarkedDecliner):
+class OverriddenDecliner(MarkedDecliner):
     """The same, overridden in a subclass: the override is not marked."""
 
     def process_api_error(
@@ -400,16 +400,16 @@ def _saves_in_one_repair(processors: list[Any], monkeypatch: pytest.MonkeyPatch)
         ("MMM", 1),  # one save serves every marked processor and the winner
         ("MUM", 2),  # an unmarked one that declines is undone; the next needs a new save
         ("UUU", 4),  # one save per processor, as without marks
-        ("SSM", 3),  # an override in a subclass is not marked
+        ("OOM", 3),  # an override in a subclass is not marked
     ],
 )
 def test_marked_processors_that_decline_share_one_save(
     kinds: str, saves: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Conversation and params are saved before the first processor, and again only after
-    one that may have changed them was undone (M marked, U unmarked, S a subclass override;
-    a winner that is not marked follows)."""
-    kind = {"M": MarkedDecliner, "U": UnmarkedDecliner, "S": UnmarkedDecliner}
+    one that may have changed them was undone (M marked, U unmarked, O a subclass's override
+    of a marked hook; a winner that is not marked follows). All of them decline."""
+    kind = {"M": MarkedDecliner, "U": Recorder, "O": OverriddenDecliner}
     processors = [kind[k](f"{k}{i}") for i, k in enumerate(kinds)]
     assert _saves_in_one_repair([*processors, Recorder("wins", [RETRY])], monkeypatch) == saves
 
