@@ -25,6 +25,7 @@ from .processors import (
     appends_only,
     changes_only_on_retry,
     is_prefill_rejection,
+    only_on_prefill,
 )
 
 __all__ = ["BUILTIN_NO_PREFILL_FAMILIES", "AdaptivePrefillGuard", "PrefillKnowledge"]
@@ -113,6 +114,7 @@ class AdaptivePrefillGuard:
         self.knowledge = knowledge if knowledge is not None else PrefillKnowledge()
 
     @appends_only  # so the pipeline need not copy the conversation before every request
+    @only_on_prefill  # so a request that ends with a user turn skips it (and all the work for it)
     def before_send(self, *, messages: MessageList, params: RequestParams) -> None:
         """Append the reminder if the conversation ends with an assistant turn and the model
         is known to reject prefill (after a ``tool_use``, it answers the calls first)."""

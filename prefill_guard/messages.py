@@ -203,6 +203,31 @@ class Snapshot:
         self.contents = contents
 
 
+def _api_shaped(messages: list[Any]) -> bool:
+    """Whether ``messages`` are valid and exactly what the API takes, as given: then
+    ``MessageList(messages)`` would hold equal copies, and a request over them goes out as is.
+
+    Each message a dict of a ``role`` and a ``content`` only, the content a string or a list
+    of block dicts with a string ``type``. Anything else needs the copying path, which
+    converts what it can and says what is wrong with the rest.
+    """
+    for message in messages:
+        if type(message) is not dict or len(message) != 2:
+            return False
+        role = message.get("role")
+        if type(role) is not str or role not in _ROLES:
+            return False
+        content = message.get("content")
+        if type(content) is str:
+            continue
+        if type(content) is not list:
+            return False
+        for block in content:
+            if type(block) is not dict or type(block.get("type")) is not str:
+                return False
+    return True
+
+
 class MessageList(MutableSequence[RawMessage]):
     """The conversation, in order: raw messages (hidden ones included) with their metadata.
 
@@ -234,27 +259,13 @@ class MessageList(MutableSequence[RawMessage]):
         ]
 
     @classmethod
-    def _borrow(cls, messages: list[Any]) -> MessageList | None:
-        """A list over the very dicts of ``messages``, if they are valid and API-shaped as given.
+    def _borrow(cls, messages: list[Any]) -> MessageList:
+        """A list over the very dicts of ``messages``, which :func:`_api_shaped` accepted.
 
         Nothing is copied, so the result must not be changed in place; the middleware uses it
         for a request body that it copies only once something may change it (see
-        :meth:`Pipeline.begin`). ``None`` when any message needs the general path.
+        :meth:`Pipeline.begin`).
         """
-        for message in messages:
-            if type(message) is not dict or len(message) != 2:
-                return None
-            role = message.get("role")
-            if type(role) is not str or role not in _ROLES:
-                return None
-            content = message.get("content")
-            if type(content) is str:
-                continue
-            if type(content) is not list:
-                return None
-            for block in content:
-                if type(block) is not dict or type(block.get("type")) is not str:
-                    return None
         borrowed = cls.__new__(cls)  # __init__ would validate and copy
         borrowed._messages = list(messages)
         return borrowed

@@ -28,15 +28,15 @@ from anthropic import APIRequest, APIResponse, AsyncAPIResponse
 from anthropic._base_client import AsyncAPIClient, SyncAPIClient
 
 from .errors import status_error_from_response
-from .messages import MessageList
+from .messages import MessageList, _api_shaped
 from .pipeline import AnyProcessor, Generation, Pipeline, run_async, run_sync
-from .processors import RequestParams
 
 __all__ = ["ErrorProcessorMiddleware", "guard", "install", "installed", "uninstall"]
 
 logger = logging.getLogger("prefill_guard")
 
 ClientT = TypeVar("ClientT", bound="SyncAPIClient | AsyncAPIClient")
+RequestBody = dict[str, Any]
 
 _MESSAGES_PATHS = ("/v1/messages",)
 _MESSAGES_URLS = frozenset(("/v1/messages", "/v1/messages?beta=true"))
@@ -83,14 +83,14 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         begun = self._begin(request)
         if begun is None:
             return call_next(request)
-        request, generation, messages, params = begun
+        request, generation = begun
         response: APIResponse[Any] = call_next(request)
         while not 200 <= response.http_response.status_code < 300:  # is_success, inlined
             response.http_response.read()
             if _sdk_will_retry(request, response):
                 return response
-            if generation is None:
-                generation = Generation(self.pipeline, messages, params, borrowed=True)
+            if not isinstance(generation, Generation):
+                generation = self._generation(generation)
             if not run_sync(generation.failed(status_error_from_response(response))):
                 return response
             response.http_response.close()
@@ -105,14 +105,14 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         begun = self._begin(request)
         if begun is None:
             return await call_next(request)
-        request, generation, messages, params = begun
+        request, generation = begun
         response: AsyncAPIResponse[Any] = await call_next(request)
         while not 200 <= response.http_response.status_code < 300:  # is_success, inlined
             await response.http_response.aread()
             if _sdk_will_retry(request, response):
                 return response
-            if generation is None:
-                generation = Generation(self.pipeline, messages, params, borrowed=True)
+            if not isinstance(generation, Generation):
+                generation = self._generation(generation)
             if not await run_async(generation.failed(status_error_from_response(response))):
                 return response
             await response.http_response.aclose()
@@ -120,17 +120,17 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
             response = await call_next(request)
         return response
 
-    def _begin(
-        self, request: APIRequest
-    ) -> tuple[APIRequest, Generation | None, MessageList, RequestParams] | None:
-        """A Messages request's first attempt, its generation, conversation and parameters, or
-        None for anything else (passed through untouched).
+    def _begin(self, request: APIRequest) -> tuple[APIRequest, Generation | RequestBody] | None:
+        """A Messages request's first attempt and its generation, or None for anything else
+        (passed through untouched).
 
-        The generation is ``None`` in the common case, which costs the least: a body already in
-        the API's shape, used without a copy, and ``before_send`` hooks that only append and
-        appended nothing. The request then goes out as it came, and the generation is made
-        only if it fails, over the same conversation and parameters (see
-        :meth:`Pipeline.run_appending_hooks`).
+        In the common case the generation is not made yet, which costs the least: a body
+        already in the API's shape, for which no ``before_send`` hook would be called (every
+        hook is marked ``only_on_prefill`` and the conversation ends with a user turn), or
+        whose hooks only append and appended nothing. The request then goes out as it came,
+        and in place of the generation comes its body, made into one only if the request
+        fails. The body is not copied: the SDK, and its Bedrock
+        and Vertex clients, copy a request's options before they change them.
         """
         if not self.enabled or request.method.lower() != "post":
             return None
@@ -138,27 +138,40 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         if url not in _MESSAGES_URLS and urlsplit(url).path.rstrip("/") not in _MESSAGES_PATHS:
             return None
         body = request.json
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        if not isinstance(body, dict) or not isinstance(raw := body.get("messages"), list):
             return None
-        params = dict(body)
-        del params["messages"]
         pipeline = self.pipeline
-        messages = MessageList._borrow(body["messages"])
-        if messages is not None and pipeline.appends_only_before_send:
+        if pipeline.appends_only_before_send and _api_shaped(raw):
+            if pipeline.before_send_only_on_prefill and not (
+                raw and raw[-1]["role"] == "assistant"
+            ):
+                return request, body  # no hook to call
+            params = dict(body)
+            del params["messages"]
+            messages = MessageList._borrow(raw)
             # Rebuilding the request means request.copy(), which deep-copies the whole body.
             # Hooks that only append leave the messages borrowed, exactly what to_api() would
             # give back: unless one appended, the request goes out as it came.
             if not pipeline.run_appending_hooks(messages, params):
-                return request, None, messages, params
+                return request, body
             generation = Generation(pipeline, messages, params, borrowed=True)
         else:
             try:
-                messages = MessageList(body["messages"])
+                messages = MessageList(raw)
             except (TypeError, ValueError) as exc:
                 logger.debug("passing a Messages request through untouched: %s", exc)
                 return None
+            params = dict(body)
+            del params["messages"]
             generation = pipeline.begin(messages, params)
-        return request.copy(body=generation.request()), generation, messages, params
+        return request.copy(body=generation.request()), generation
+
+    def _generation(self, body: RequestBody) -> Generation:
+        """The generation of a request that went out as it came (see :meth:`_begin`), made
+        once it has failed: it starts where :meth:`Pipeline.begin` would have left it."""
+        params = dict(body)
+        messages = MessageList._borrow(params.pop("messages"))
+        return Generation(self.pipeline, messages, params, borrowed=True)
 
 
 def _sdk_will_retry(

@@ -17,10 +17,11 @@ from typing import Any, Literal, TypeVar, cast
 from anthropic import APIError
 from anthropic.types import Message
 
-from .messages import MessageList, Snapshot, deep_copy
+from .messages import MessageList, RawMessage, Snapshot, deep_copy
 from .processors import (
     _APPENDS_ONLY,
     _CHANGES_ONLY_ON_RETRY,
+    _ONLY_ON_PREFILL,
     ParamsProcessor,
     ProcessAPIErrorResult,
     Processor,
@@ -119,6 +120,7 @@ class _Entry:
     is_async: bool
     before_send: Callable[..., object] | None
     before_send_appends_only: bool
+    before_send_only_on_prefill: bool
     changes_only_on_retry: bool
 
 
@@ -166,8 +168,15 @@ def _register(processor: object, where: str) -> _Entry:
         is_async=inspect.iscoroutinefunction(hook),
         before_send=before_send,
         before_send_appends_only=getattr(before_send, "__func__", before_send) in _APPENDS_ONLY,
+        before_send_only_on_prefill=getattr(before_send, "__func__", before_send)
+        in _ONLY_ON_PREFILL,
         changes_only_on_retry=getattr(hook, "__func__", hook) in _CHANGES_ONLY_ON_RETRY,
     )
+
+
+def _is_prefill(conversation: list[RawMessage]) -> bool:
+    """Whether a request over ``conversation`` is a prefill: it ends with an assistant turn."""
+    return bool(conversation) and conversation[-1]["role"] == "assistant"
 
 
 class Pipeline:
@@ -178,6 +187,7 @@ class Pipeline:
         "_before_send",
         "_entries",
         "appends_only_before_send",
+        "before_send_only_on_prefill",
         "has_async_processor",
         "max_processor_retries",
     )
@@ -206,16 +216,24 @@ class Pipeline:
         self.max_processor_retries = max_processor_retries
         # Looked up on every request, so worked out once here.
         self._before_send = tuple(
-            (entry.id, entry.before_send, entry.before_send_appends_only)
+            (
+                entry.id,
+                entry.before_send,
+                entry.before_send_appends_only,
+                entry.before_send_only_on_prefill,
+            )
             for entry in entries
             if entry.before_send is not None
         )
         self._async_entry = next((entry for entry in entries if entry.is_async), None)
         self.has_async_processor = self._async_entry is not None
         """Whether some processor has an ``async def process_api_error`` (see require_sync)."""
-        self.appends_only_before_send = all(flag for _, _, flag in self._before_send)
+        self.appends_only_before_send = all(flag for _, _, flag, _ in self._before_send)
         """Whether every ``before_send`` hook is marked :func:`appends_only` (or there is none):
         then no hook can change a message, and a borrowed conversation stays unchanged."""
+        self.before_send_only_on_prefill = all(flag for _, _, _, flag in self._before_send)
+        """Whether every ``before_send`` hook is marked :func:`only_on_prefill` (or there is
+        none): then a conversation that does not end with an assistant turn calls no hook."""
 
     @property
     def processors(self) -> tuple[AnyProcessor, ...]:
@@ -239,7 +257,9 @@ class Pipeline:
 
         Processors with an optional ``before_send(*, messages, params)`` hook (such as the
         adaptive prefill guard) may prepare the request before its first attempt. A hook that
-        raises is logged and skipped, and what it changed is undone.
+        raises is logged and skipped, and what it changed is undone. A hook marked
+        :func:`~prefill_guard.processors.only_on_prefill` is called only when the conversation
+        ends with an assistant turn.
 
         ``params`` is the generation's own dict, but the values in it may be shared with the
         caller: they are deep-copied before any code that may change them runs (a processor,
@@ -250,8 +270,9 @@ class Pipeline:
         if self.appends_only_before_send:
             self.run_appending_hooks(messages, params)
         else:  # each hook on the generation's own copies, saved first so it can be undone
-            for processor_id, hook, _ in self._before_send:
-                generation.run_before_send(processor_id, hook)
+            for processor_id, hook, _, on_prefill in self._before_send:
+                if not on_prefill or _is_prefill(generation.messages._messages):
+                    generation.run_before_send(processor_id, hook)
         return generation
 
     def run_appending_hooks(self, messages: MessageList, params: RequestParams) -> bool:
@@ -271,7 +292,10 @@ class Pipeline:
             )
         conversation = messages._messages  # MessageList.__len__ is a Python call
         length = start = len(conversation)
-        for processor_id, hook, _ in self._before_send:
+        for processor_id, hook, _, on_prefill in self._before_send:
+            # _is_prefill, inline: this runs before every request
+            if on_prefill and not (length and conversation[-1]["role"] == "assistant"):
+                continue
             try:
                 hook(messages=messages, params=params)
             except Exception:

@@ -48,6 +48,7 @@ __all__ = [
     "effort_for_budget",
     "interrupted_tool_results",
     "is_prefill_rejection",
+    "only_on_prefill",
     "request_param",
     "set_request_param",
 ]
@@ -74,6 +75,7 @@ F = TypeVar("F", bound=Callable[..., object])
 
 _APPENDS_ONLY: set[object] = set()
 _CHANGES_ONLY_ON_RETRY: set[object] = set()
+_ONLY_ON_PREFILL: set[object] = set()
 
 
 def appends_only(hook: F) -> F:
@@ -101,6 +103,20 @@ def changes_only_on_retry(hook: F) -> F:
     in a subclass is not marked (it is another function) and gets its own save.
     """
     _CHANGES_ONLY_ON_RETRY.add(hook)
+    return hook
+
+
+def only_on_prefill(hook: F) -> F:
+    """Mark a ``before_send`` function to be called only for a prefill: a request whose
+    conversation ends with an assistant turn.
+
+    For any other request the pipeline does not call it, and when every hook of a pipeline is
+    marked, a request that ends with a user turn (the common case) skips the ``before_send``
+    step altogether: the guarded client then sends it without building a conversation for the
+    hooks. Hooks that exist to handle prefill, like the adaptive guard's, lose nothing by it.
+    An override in a subclass is not marked (it is another function) and is always called.
+    """
+    _ONLY_ON_PREFILL.add(hook)
     return hook
 
 

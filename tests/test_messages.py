@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prefill_guard import MessageList, is_system_reminder
-from prefill_guard.messages import system_reminder
+from prefill_guard.messages import _api_shaped, system_reminder
 
 REMINDER = system_reminder("continue", "anthropic-prefill-processor-retry")
 
@@ -230,7 +230,7 @@ _any_message = _message | st.fixed_dictionaries(
 )
 
 
-def _api_shaped(message: Any) -> bool:
+def _shaped_as_the_api(message: Any) -> bool:
     content = message["content"]
     return (
         set(message) == {"role", "content"}
@@ -247,13 +247,14 @@ def _api_shaped(message: Any) -> bool:
 
 @given(st.lists(_any_message, max_size=5))
 def test_borrowing_agrees_with_copying(raw: list[dict[str, Any]]) -> None:
-    """Property: _borrow() gives exactly MessageList(raw), over the caller's own dicts, when
-    every message is valid and API-shaped, and None otherwise (the copying path decides)."""
-    borrowed = MessageList._borrow(raw)
-    if not all(_api_shaped(m) for m in raw):
-        assert borrowed is None
+    """Property: _api_shaped() accepts a conversation exactly when every message is valid and
+    API-shaped, and over such a one _borrow() gives exactly MessageList(raw), over the
+    caller's own dicts (any other takes the copying path)."""
+    shaped = _api_shaped(raw)
+    assert shaped == all(_shaped_as_the_api(m) for m in raw)
+    if not shaped:
         return
-    assert borrowed is not None
+    borrowed = MessageList._borrow(raw)
     assert borrowed == MessageList(raw)
     assert all(ours is theirs for ours, theirs in zip(borrowed, raw, strict=True))
     borrowed.add("user", "more")

@@ -12,13 +12,15 @@ from prefill_guard import (
     MessageList,
     PrefillErrorHandler,
     ProcessAPIErrorResult,
+    default_processors,
     guard,
+    middleware,
 )
 from prefill_guard.errors import api_message
-from prefill_guard.pipeline import appends_only
+from prefill_guard.pipeline import Generation, appends_only
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, PREFILL_MESSAGE, AnthropicEmulator, Fault
 
-from .conftest import AsyncPrefillRepair, EditsInPlace, ErrorRecorder
+from .conftest import AsyncPrefillRepair, EditsInPlace, ErrorRecorder, SwitchModel
 
 MODEL = "claude-opus-4-6"
 ENDS_WITH_ASSISTANT: list[Any] = [
@@ -386,3 +388,70 @@ async def test_an_async_repair_made_after_the_first_attempt_runs_before_send_onc
         )
     assert hook.calls == 1
     _assert_repaired_on_the_wire(anthropic_emulator)
+
+
+class CountedGeneration(Generation):
+    """A Generation that counts how many were made."""
+
+    made = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        type(self).made += 1
+        super().__init__(*args, **kwargs)
+
+
+def test_a_request_ending_with_a_user_turn_goes_out_without_a_conversation_for_the_hooks(
+    anthropic_emulator: AnthropicEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default stack's one hook is marked only_on_prefill, so a request that ends with a
+    user turn is sent as the SDK built it without a conversation or a generation being made;
+    a prefill makes both (and gets the reminder)."""
+    borrowed: list[list[Any]] = []
+    borrow = MessageList._borrow
+
+    def counted(raw: list[Any]) -> MessageList:
+        borrowed.append(raw)
+        return borrow(raw)
+
+    monkeypatch.setattr(MessageList, "_borrow", counted)
+    monkeypatch.setattr(middleware, "Generation", CountedGeneration)
+    with anthropic_emulator.client() as client:
+        guarded = guard(client)
+        guarded.messages.create(model=MODEL, max_tokens=64, messages=[ENDS_WITH_ASSISTANT[0]])
+        assert (borrowed, CountedGeneration.made) == ([], 0)
+        guarded.messages.create(model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT)
+    assert (borrowed, CountedGeneration.made) == ([ENDS_WITH_ASSISTANT], 1)
+    assert _wire(anthropic_emulator) == [
+        [ENDS_WITH_ASSISTANT[0]],
+        [*ENDS_WITH_ASSISTANT, REMINDER_ON_WIRE],
+    ]
+
+
+@pytest.mark.parametrize("async_", [False, True])
+async def test_a_request_sent_as_it_came_is_repaired_from_the_body_it_was_sent_with(
+    anthropic_emulator: AnthropicEmulator, async_: bool
+) -> None:
+    """A request sent without a generation gets one when it fails, over the body it was sent
+    with: the repair (a switch of model, which Vertex puts in the URL) keeps every other
+    parameter and the conversation."""
+    anthropic_emulator.script(Fault(404, {"type": "error", "error": {"type": "not_found_error"}}))
+    stack = [*default_processors(), SwitchModel()]
+    conversation = [ENDS_WITH_ASSISTANT[0]]
+    if async_:
+        async with _vertex(anthropic_emulator, async_=True) as client:
+            await guard(client, stack).messages.create(
+                model=MODEL, max_tokens=64, messages=conversation, stop_sequences=["END"]
+            )
+    else:
+        with _vertex(anthropic_emulator) as client:
+            guard(client, stack).messages.create(
+                model=MODEL, max_tokens=64, messages=conversation, stop_sequences=["END"]
+            )
+    requests = anthropic_emulator.message_requests
+    assert [r.path.rsplit("/", 1)[-1] for r in requests] == [
+        f"{MODEL}:rawPredict",
+        "claude-haiku-4-5:rawPredict",
+    ]
+    assert requests[0].body == requests[1].body
+    assert requests[1].body["messages"] == conversation
+    assert requests[1].body["stop_sequences"] == ["END"]

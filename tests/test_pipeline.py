@@ -26,7 +26,7 @@ from prefill_guard.pipeline import (
     run_async,
     run_sync,
 )
-from prefill_guard.processors import changes_only_on_retry
+from prefill_guard.processors import changes_only_on_retry, only_on_prefill
 from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
 
 from .conftest import SwitchModel
@@ -486,7 +486,6 @@ def test_hooks_on_a_borrowed_conversation_change_the_generations_copy_only() -> 
     changes reach the request, and the borrowed dicts and params stay as the caller's."""
     raw = _caller_conversation()
     borrowed = MessageList._borrow(raw)
-    assert borrowed is not None
     params = {"model": "m", "nested": {"list": [1]}}
     pipeline = Pipeline([Prepare("edit", edit=True), AppendOnly("append", edit=False)])
     generation = pipeline.begin(borrowed, params, borrowed=True)
@@ -507,7 +506,6 @@ def test_an_append_only_hook_leaves_a_borrowed_conversation_borrowed(appends: bo
     """Append-only hooks copy nothing: the generation still shares the caller's dicts."""
     raw = _caller_conversation()
     borrowed = MessageList._borrow(raw)
-    assert borrowed is not None
     generation = Pipeline([Maybe("maybe", appends=appends)]).begin(borrowed, {}, borrowed=True)
     assert generation.borrowed
     assert all(ours is theirs for ours, theirs in zip(generation.messages, raw, strict=False))
@@ -553,7 +551,6 @@ def test_run_appending_hooks_says_whether_a_hook_appended(
     """What a raising hook appended is dropped and does not count; the next hook still runs."""
     raw = _caller_conversation()
     borrowed = MessageList._borrow(raw)
-    assert borrowed is not None
     assert Pipeline(hooks).run_appending_hooks(borrowed, {"model": "m"}) is appended
     kept = [hook.id for hook in hooks if hook.appends and not hook.fail]
     assert borrowed.to_api() == [
@@ -579,8 +576,6 @@ def test_a_generation_made_after_run_appending_hooks_is_the_one_begin_makes(
     pipeline = Pipeline([*hooks, PrefillErrorHandler()])
     params = {"model": "m", "max_tokens": 8}
     borrowed, messages = (MessageList._borrow(_caller_conversation()) for _ in range(2))
-    assert borrowed is not None
-    assert messages is not None
     begun = pipeline.begin(borrowed, dict(params), borrowed=True)
     lazy_params = dict(params)
     pipeline.run_appending_hooks(messages, lazy_params)
@@ -605,6 +600,111 @@ def test_run_appending_hooks_refuses_a_hook_that_may_edit() -> None:
 
 def _user(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}
+
+
+class SeesRoles:
+    """A ``before_send`` hook, not marked, that records the last role at each call."""
+
+    def __init__(self, id: str) -> None:
+        self.id = id
+        self.seen: list[str | None] = []
+
+    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
+        last = messages.last
+        self.seen.append(None if last is None else last["role"])
+
+    def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
+        return None
+
+
+class OnPrefill(SeesRoles):
+    """The same hook, marked ``only_on_prefill`` and ``appends_only``."""
+
+    @appends_only
+    @only_on_prefill
+    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
+        super().before_send(messages=messages, params=params)
+
+
+class OnPrefillMayEdit(SeesRoles):
+    """Marked ``only_on_prefill`` only: a pipeline with it runs its hooks through begin()."""
+
+    @only_on_prefill
+    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
+        super().before_send(messages=messages, params=params)
+
+
+class OverridesOnPrefill(OnPrefill):
+    """A subclass's override of the marked hook, itself not marked."""
+
+    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
+        super().before_send(messages=messages, params=params)
+
+
+class AppendsAnAssistantTurn(SeesRoles):
+    """An append-only hook that makes the conversation a prefill."""
+
+    @appends_only
+    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
+        super().before_send(messages=messages, params=params)
+        messages.add("assistant", "prefilled by a hook")
+
+
+_BY_LAST_ROLE = {
+    "user": [_user("hi")],
+    "assistant": [_user("hi"), {"role": "assistant", "content": "a"}],
+    "empty": [],
+}
+
+
+@pytest.mark.parametrize("last", list(_BY_LAST_ROLE))
+@pytest.mark.parametrize(
+    ("how", "marked"),
+    [("begin", OnPrefill), ("begin", OnPrefillMayEdit), ("run_appending_hooks", OnPrefill)],
+)
+def test_an_only_on_prefill_hook_is_called_only_when_the_conversation_ends_with_an_assistant_turn(
+    last: str, how: str, marked: type[SeesRoles]
+) -> None:
+    """Through begin() (either way it runs hooks) and run_appending_hooks(), a marked hook is
+    called for a prefill only; an unmarked one beside it is called every time."""
+    hook, unmarked = marked("marked"), SeesRoles("unmarked")
+    stack = [hook] if how == "run_appending_hooks" else [hook, unmarked]
+    pipeline = Pipeline(stack)
+    messages = MessageList(_BY_LAST_ROLE[last])
+    if how == "begin":
+        pipeline.begin(messages, {"model": "m"})
+        assert unmarked.seen == [None if last == "empty" else last]
+    else:
+        assert pipeline.run_appending_hooks(messages, {"model": "m"}) is False
+    assert hook.seen == (["assistant"] if last == "assistant" else [])
+
+
+def test_an_only_on_prefill_hook_sees_what_the_hooks_before_it_appended() -> None:
+    """Whether a conversation is a prefill is asked at each marked hook's turn: after a hook
+    appends an assistant turn, the marked hook after it is called."""
+    first, marked = AppendsAnAssistantTurn("first"), OnPrefill("marked")
+    messages = MessageList([_user("hi")])
+    assert Pipeline([first, marked]).run_appending_hooks(messages, {}) is True
+    assert (first.seen, marked.seen) == (["user"], ["assistant"])
+
+
+@pytest.mark.parametrize(
+    ("stack", "flag"),
+    [
+        ([], True),
+        ([OnPrefill("a")], True),
+        ([OnPrefill("a"), OnPrefillMayEdit("b"), PrefillErrorHandler()], True),
+        ([OnPrefill("a"), SeesRoles("b")], False),
+        ([OverridesOnPrefill("a")], False),
+        (default_processors(), True),
+    ],
+)
+def test_before_send_only_on_prefill_says_whether_every_hook_is_marked(
+    stack: list[Any], flag: bool
+) -> None:
+    """The flag the middleware reads to send a non-prefill request without calling any hook:
+    true with no hooks, or all marked (the default stack); an override is not marked."""
+    assert Pipeline(stack).before_send_only_on_prefill is flag
 
 
 @pytest.mark.parametrize("record", [Attempt, RunResult])
