@@ -16,7 +16,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from prefill_guard import Agent, MessageList, ProcessAPIErrorResult
+from prefill_guard import Agent, MessageList, Pipeline, ProcessAPIErrorResult, guard
 from prefill_guard.processors import PrefillErrorHandler, default_processors
 from prefill_guard.testing import (
     PREFILL_MESSAGE,
@@ -58,6 +58,7 @@ def test_every_python_block_in_the_guide_is_marked_and_run() -> None:
     assert len({name for _, name, _ in BLOCKS}) == len(BLOCKS)
     assert set(EXAMPLES) == {
         "drop-top-k",
+        "continue-before-prefill",
         "async-processor",
         "default-stack",
         "unit-test",
@@ -130,6 +131,29 @@ async def test_async_processor_example(anthropic_emulator: AnthropicEmulator) ->
         sync_agent = Agent("claude-opus-4-6", client=sync_client, error_processors=[counter])
         with pytest.raises(TypeError, match="async"):
             sync_agent.generate("hi")
+
+
+def test_continue_before_prefill_example(anthropic_emulator: AnthropicEmulator) -> None:
+    """The guide's marked hook: through the Agent and a guarded client, a prefill goes out
+    with the reminder (1 request each, on a model that rejects prefill), and a request that
+    ends with a user turn goes out as the caller wrote it."""
+    hook = run_example("continue-before-prefill")["ContinueBeforePrefill"]()
+    assert Pipeline([hook]).before_send_only_on_prefill
+    prefill: list[Any] = [
+        {"role": "user", "content": "A haiku?"},
+        {"role": "assistant", "content": "Snow"},
+    ]
+    asked: list[Any] = [{"role": "user", "content": "A haiku?"}]
+    reminder = {"role": "user", "content": "<system-reminder>continue</system-reminder>"}
+    with anthropic_emulator.client() as client:
+        agent = Agent("claude-opus-4-6", client=client, error_processors=[hook])
+        agent.generate(prefill)
+        agent.generate(asked)
+        guarded = guard(client, [hook])
+        for messages in (prefill, asked):
+            guarded.messages.create(model="claude-opus-4-6", max_tokens=64, messages=messages)
+    wire = [r.body["messages"] for r in anthropic_emulator.message_requests]
+    assert wire == [[*prefill, reminder], asked] * 2
 
 
 def test_default_stack_example_takes_exactly_three_requests(
