@@ -129,8 +129,8 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         hook is marked ``only_on_prefill`` and the conversation ends with a user turn), or
         whose hooks only append and appended nothing. The request then goes out as it came,
         and in place of the generation comes its body, made into one only if the request
-        fails. The body is not copied: the SDK, and its Bedrock
-        and Vertex clients, copy a request's options before they change them.
+        fails. The body is not copied: the SDK, and its Bedrock and Vertex clients, copy a
+        request's options before they change them.
         """
         if not self.enabled or request.method.lower() != "post":
             return None

@@ -415,6 +415,7 @@ def test_a_request_ending_with_a_user_turn_goes_out_without_a_conversation_for_t
 
     monkeypatch.setattr(MessageList, "_borrow", counted)
     monkeypatch.setattr(middleware, "Generation", CountedGeneration)
+    monkeypatch.setattr(CountedGeneration, "made", 0)
     with anthropic_emulator.client() as client:
         guarded = guard(client)
         guarded.messages.create(model=MODEL, max_tokens=64, messages=[ENDS_WITH_ASSISTANT[0]])
