@@ -30,6 +30,7 @@ from anthropic._base_client import AsyncAPIClient, SyncAPIClient
 from .errors import status_error_from_response
 from .messages import MessageList, _api_shaped
 from .pipeline import AnyProcessor, Generation, Pipeline, run_async, run_sync
+from .processors import RequestParams
 
 __all__ = ["ErrorProcessorMiddleware", "guard", "install", "installed", "uninstall"]
 
@@ -142,12 +143,12 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
             return None
         pipeline = self.pipeline
         if pipeline.appends_only_before_send and _api_shaped(raw):
+            # pipeline._is_prefill, inline: this runs for every request
             if pipeline.before_send_only_on_prefill and not (
                 raw and raw[-1]["role"] == "assistant"
             ):
                 return request, body  # no hook to call
-            params = dict(body)
-            del params["messages"]
+            params = _request_params(body)
             messages = MessageList._borrow(raw)
             # Rebuilding the request means request.copy(), which deep-copies the whole body.
             # Hooks that only append leave the messages borrowed, exactly what to_api() would
@@ -161,17 +162,21 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
             except (TypeError, ValueError) as exc:
                 logger.debug("passing a Messages request through untouched: %s", exc)
                 return None
-            params = dict(body)
-            del params["messages"]
-            generation = pipeline.begin(messages, params)
+            generation = pipeline.begin(messages, _request_params(body))
         return request.copy(body=generation.request()), generation
 
     def _generation(self, body: RequestBody) -> Generation:
         """The generation of a request that went out as it came (see :meth:`_begin`), made
         once it has failed: it starts where :meth:`Pipeline.begin` would have left it."""
-        params = dict(body)
-        messages = MessageList._borrow(params.pop("messages"))
-        return Generation(self.pipeline, messages, params, borrowed=True)
+        messages = MessageList._borrow(body["messages"])
+        return Generation(self.pipeline, messages, _request_params(body), borrowed=True)
+
+
+def _request_params(body: RequestBody) -> RequestParams:
+    """A request body's parameters: a new dict of all but ``messages`` (values shared)."""
+    params = dict(body)
+    del params["messages"]
+    return params
 
 
 def _sdk_will_retry(
