@@ -346,8 +346,11 @@ class Fault:
 
     ``"status"`` (the default; ``Fault(status, body=None, headers={})``)
         Answer ``status`` at once, before auth and validation. ``body`` may be a dict (sent as
-        JSON), a str (sent as-is, e.g. an HTML 502 page) or None (the API's standard error body
-        for ``status``); ``headers`` are added to, and override, the defaults.
+        JSON), a str (sent as-is, e.g. an HTML 502 page), bytes (sent as-is, typed
+        ``application/octet-stream`` unless ``headers`` say otherwise: for bodies no encoder
+        makes, such as invalid UTF-8 or a gzip header over plain text) or None (the API's
+        standard error body for ``status``); ``headers`` are added to, and override, the
+        defaults.
     ``"sse_error"`` (make it with `Fault.sse_error`)
         A streaming request gets 200 and a normal stream up to ``after_deltas`` text deltas, then
         an ``error`` event of type ``error_type``; a non-streaming request gets the equivalent
@@ -367,7 +370,7 @@ class Fault:
     """
 
     status: int
-    body: dict[str, Any] | str | None = None
+    body: dict[str, Any] | str | bytes | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     kind: FaultKind = field(default="status", kw_only=True)
     after_deltas: int = field(default=0, kw_only=True)
@@ -749,7 +752,13 @@ def _json_response(status: int, body: Mapping[str, Any]) -> _Response:
 
 
 def _status_fault_response(fault: Fault) -> _Response:
-    if isinstance(fault.body, str):
+    if isinstance(fault.body, bytes):
+        response = _Response(
+            status=fault.status,
+            body=fault.body,
+            headers={"content-type": "application/octet-stream", "request-id": _new_id("req_")},
+        )
+    elif isinstance(fault.body, str):
         content_type = "text/html" if fault.body.lstrip().startswith("<") else "text/plain"
         response = _Response(
             status=fault.status,
