@@ -4,8 +4,9 @@ A store keeps the *raw* messages, hidden system reminders and metadata included,
 raw history is what the next request is rebuilt from: dropping a reminder would change the
 request prefix (breaking prompt caching) and make the next run repair the same turn again.
 What a person sees is derived on the way out (:meth:`ThreadStore.recall`, which uses
-:meth:`MessageList.to_ui`). Stores are append-only: :meth:`ThreadStore.append` adds messages
-after whatever the thread holds now, in one atomic step.
+:meth:`MessageList.to_ui`). :meth:`ThreadStore.append` adds messages after whatever the thread holds
+now, in one atomic step; :meth:`ThreadStore.rewrite` replaces the messages a run loaded with the
+ones it sent, when a processor repaired a stored message (see ``docs/threads.md``).
 
 :class:`MemoryStore` lives in one process; :class:`SQLiteStore` is the embedded default, a
 single SQLite file (standard library ``sqlite3``, WAL mode, versioned schema) that several
@@ -15,18 +16,19 @@ threads and processes may share. See ``docs/threads.md``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol, TypeVar, runtime_checkable
 
 from .messages import MessageList, RawMessage
 
-__all__ = ["MemoryStore", "SQLiteStore", "StoreError", "ThreadStore"]
+__all__ = ["MemoryStore", "SQLiteStore", "StoreError", "ThreadStore", "check_thread_id"]
 
 _S = TypeVar("_S", bound="_ClosingStore")
 
@@ -61,6 +63,19 @@ class ThreadStore(Protocol):
         """
         ...
 
+    def rewrite(self, thread_id: str, old: Sequence[RawMessage], new: Iterable[RawMessage]) -> bool:
+        """Atomically replace the thread's first ``len(old)`` messages with ``new``, if they
+        are still exactly ``old``; messages after them (appended by other runs) stay after.
+
+        Returns ``False``, writing nothing, when the thread no longer starts with ``old``.
+        The Agent calls it when a processor repaired a message the thread had stored, so the
+        repaired message replaces the original instead of being stored beside it.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot rewrite a thread; implement rewrite() to keep "
+            "processors' repairs of stored messages"
+        )
+
     def list_threads(self) -> list[str]:
         """The ids of all threads holding at least one message, sorted."""
         ...
@@ -92,7 +107,9 @@ class _ClosingStore(ThreadStore):
 # -- shared: thread ids and the JSON form of a message -----------------------------------
 
 
-def _check_thread_id(thread_id: object) -> str:
+def check_thread_id(thread_id: object) -> str:
+    """``thread_id`` if every store accepts it, else a ``TypeError``/``ValueError`` saying why:
+    a non-blank str of valid Unicode text without NUL characters."""
     if not isinstance(thread_id, str):
         raise TypeError(f"thread_id must be a str, got {type(thread_id).__name__}")
     if not thread_id.strip():
@@ -112,6 +129,10 @@ def _encode(messages: Iterable[RawMessage]) -> list[str]:
     The JSON is strict (no NaN or Infinity) and ASCII-only, so every Python str, lone
     surrogates included, comes back exactly and any JSON tool can read the stored rows.
     """
+    if messages is None or isinstance(messages, (str, bytes)):
+        raise TypeError(
+            f"messages must be an iterable of message dicts, got {type(messages).__name__}"
+        )
     rows = []
     for index, message in enumerate(MessageList(messages)):
         try:
@@ -126,6 +147,19 @@ def _decode(rows: Iterable[str], where: str) -> MessageList:
         return MessageList(json.loads(row) for row in rows)
     except (TypeError, ValueError) as exc:
         raise StoreError(f"{where} holds a damaged message: {exc}") from exc
+    except RecursionError:
+        raise StoreError(f"{where} holds a damaged message: nested too deeply to read") from None
+
+
+def _starts_with(rows: Sequence[str], expected: Sequence[str]) -> bool:
+    """Whether the stored ``rows`` begin with the messages ``expected`` (compared as JSON
+    values, so rows written by another encoder's spelling still match)."""
+    if len(rows) < len(expected):
+        return False
+    head = rows[: len(expected)]
+    return all(
+        json.loads(row) == json.loads(want) for row, want in zip(head, expected, strict=True)
+    )
 
 
 # -- MemoryStore ---------------------------------------------------------------------------
@@ -151,25 +185,40 @@ class MemoryStore(_ClosingStore):
         return self._threads
 
     def load(self, thread_id: str) -> MessageList:
-        thread_id = _check_thread_id(thread_id)
+        thread_id = check_thread_id(thread_id)
         with self._lock:
             rows = list(self._live().get(thread_id, ()))
         return _decode(rows, f"thread {thread_id!r}")
 
     def append(self, thread_id: str, messages: Iterable[RawMessage]) -> None:
-        thread_id = _check_thread_id(thread_id)
+        thread_id = check_thread_id(thread_id)
         rows = _encode(messages)
         with self._lock:
             threads = self._live()
             if rows:
                 threads.setdefault(thread_id, []).extend(rows)
 
+    def rewrite(self, thread_id: str, old: Sequence[RawMessage], new: Iterable[RawMessage]) -> bool:
+        thread_id = check_thread_id(thread_id)
+        expected, rows = _encode(old), _encode(new)
+        with self._lock:
+            threads = self._live()
+            current = threads.get(thread_id, [])
+            if not _starts_with(current, expected):
+                return False
+            kept = [*rows, *current[len(expected) :]]
+            if kept:
+                threads[thread_id] = kept
+            else:
+                threads.pop(thread_id, None)
+            return True
+
     def list_threads(self) -> list[str]:
         with self._lock:
             return sorted(self._live())
 
     def delete(self, thread_id: str) -> bool:
-        thread_id = _check_thread_id(thread_id)
+        thread_id = check_thread_id(thread_id)
         with self._lock:
             return self._live().pop(thread_id, None) is not None
 
@@ -231,8 +280,13 @@ class SQLiteStore(_ClosingStore):
     """
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 10.0) -> None:
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout < 0:
-            raise ValueError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
+        if (
+            not isinstance(timeout, (int, float))
+            or isinstance(timeout, bool)
+            or not math.isfinite(timeout)
+            or timeout < 0
+        ):
+            raise ValueError(f"timeout must be a finite number of seconds >= 0, got {timeout!r}")
         self.path = Path(path)
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -258,7 +312,7 @@ class SQLiteStore(_ClosingStore):
                 raise StoreError(f"{self.path}: could not {doing}: {exc}") from exc
 
     def load(self, thread_id: str) -> MessageList:
-        thread_id = _check_thread_id(thread_id)
+        thread_id = check_thread_id(thread_id)
         with self._connection(f"load thread {thread_id!r}") as db:
             rows = [
                 row
@@ -270,7 +324,7 @@ class SQLiteStore(_ClosingStore):
         return _decode(rows, f"{self.path}: thread {thread_id!r}")
 
     def append(self, thread_id: str, messages: Iterable[RawMessage]) -> None:
-        thread_id = _check_thread_id(thread_id)
+        thread_id = check_thread_id(thread_id)
         rows = _encode(messages)
         if not rows:
             return
@@ -284,13 +338,36 @@ class SQLiteStore(_ClosingStore):
                 [(thread_id, start + offset, row) for offset, row in enumerate(rows)],
             )
 
+    def rewrite(self, thread_id: str, old: Sequence[RawMessage], new: Iterable[RawMessage]) -> bool:
+        thread_id = check_thread_id(thread_id)
+        expected, rows = _encode(old), _encode(new)
+        with self._connection(f"rewrite thread {thread_id!r}") as db, _transaction(db):
+            current = [
+                row
+                for (row,) in db.execute(
+                    "SELECT message FROM thread_messages WHERE thread_id = ? ORDER BY seq",
+                    (thread_id,),
+                )
+            ]
+            if not _starts_with(current, expected):
+                return False
+            db.execute("DELETE FROM thread_messages WHERE thread_id = ?", (thread_id,))
+            db.executemany(
+                "INSERT INTO thread_messages (thread_id, seq, message) VALUES (?, ?, ?)",
+                [
+                    (thread_id, seq, row)
+                    for seq, row in enumerate([*rows, *current[len(expected) :]])
+                ],
+            )
+            return True
+
     def list_threads(self) -> list[str]:
         with self._connection("list threads") as db:
             query = "SELECT DISTINCT thread_id FROM thread_messages ORDER BY thread_id"
             return [thread_id for (thread_id,) in db.execute(query)]
 
     def delete(self, thread_id: str) -> bool:
-        thread_id = _check_thread_id(thread_id)
+        thread_id = check_thread_id(thread_id)
         with self._connection(f"delete thread {thread_id!r}") as db:
             cursor = db.execute("DELETE FROM thread_messages WHERE thread_id = ?", (thread_id,))
             return cursor.rowcount > 0

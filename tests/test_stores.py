@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,8 @@ def test_both_stores_satisfy_the_thread_store_protocol(tmp_path: Path) -> None:
 
 
 def test_a_custom_store_subclassing_the_protocol_inherits_recall() -> None:
-    """recall() is derived from load(): a store needs only load, append, list, delete, close."""
+    """recall() is derived from load(): a store needs only load, append, rewrite, list,
+    delete and close."""
 
     class ListStore(ThreadStore):
         def __init__(self) -> None:
@@ -122,6 +123,14 @@ def test_a_custom_store_subclassing_the_protocol_inherits_recall() -> None:
 
         def append(self, thread_id: str, messages: Iterable[dict[str, Any]]) -> None:
             self.messages.extend(messages)
+
+        def rewrite(
+            self, thread_id: str, old: Sequence[dict[str, Any]], new: Iterable[dict[str, Any]]
+        ) -> bool:
+            if self.messages[: len(old)] != list(old):
+                return False
+            self.messages[: len(old)] = list(new)
+            return True
 
         def list_threads(self) -> list[str]:
             return ["only"]
@@ -177,6 +186,43 @@ def test_unknown_thread_is_empty(store: ThreadStore) -> None:
 def test_appending_nothing_creates_no_thread(store: ThreadStore) -> None:
     """append(thread, []) is a no-op."""
     store.append("t1", [])
+    assert store.list_threads() == []
+
+
+def test_rewrite_replaces_the_messages_a_run_loaded(store: ThreadStore) -> None:
+    """rewrite(old, new) puts new in place of old; what was appended after old stays after."""
+    store.append("t1", HISTORY[:2])
+    loaded = list(store.load("t1"))
+    store.append("t1", [HISTORY[3]])  # another run's message, after the load
+    repaired = [{**loaded[0], "content": "repaired"}, loaded[1], REMINDER]
+    assert store.rewrite("t1", loaded, repaired) is True
+    assert exact(list(store.load("t1"))) == exact([*repaired, HISTORY[3]])
+
+
+def test_rewrite_writes_nothing_when_the_thread_no_longer_starts_with_old(
+    store: ThreadStore,
+) -> None:
+    """A thread changed (or deleted) since old was loaded is left exactly as it is."""
+    store.append("t1", HISTORY[:2])
+    stale = [{"role": "user", "content": "not what is stored"}, HISTORY[1]]
+    assert store.rewrite("t1", stale, [REMINDER]) is False
+    assert store.rewrite("gone", HISTORY[:1], [REMINDER]) is False
+    assert exact(list(store.load("t1"))) == exact(HISTORY[:2])
+    assert store.list_threads() == ["t1"]
+
+
+def test_rewrite_to_nothing_leaves_no_thread(store: ThreadStore) -> None:
+    """Rewriting every message away deletes the thread, as if it had never held any."""
+    store.append("t1", HISTORY[:1])
+    assert store.rewrite("t1", HISTORY[:1], []) is True
+    assert store.list_threads() == []
+
+
+def test_append_of_none_or_a_string_is_a_type_error(store: ThreadStore) -> None:
+    """append(t, None) is a mistake, not a silent no-op."""
+    for bad in (None, "hello"):
+        with pytest.raises(TypeError, match="iterable of message dicts"):
+            store.append("t1", bad)  # type: ignore[arg-type]
     assert store.list_threads() == []
 
 
@@ -409,7 +455,7 @@ def test_a_directory_is_not_a_store(tmp_path: Path) -> None:
 
 def test_a_bad_timeout_is_refused(db_path: Path) -> None:
     """timeout must be a non-negative number of seconds."""
-    for timeout in (-1, "5", True):
+    for timeout in (-1, "5", True, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="timeout"):
             SQLiteStore(db_path, timeout=timeout)  # type: ignore[arg-type]
     assert not db_path.exists()
@@ -491,6 +537,19 @@ def test_a_damaged_message_row_is_a_store_error(db_path: Path) -> None:
 
 
 # -- SQLiteStore: migrations ----------------------------------------------------------------
+
+
+def test_a_row_nested_too_deeply_is_a_store_error(db_path: Path) -> None:
+    """A hand-edited row nested 100,000 deep (json.loads raises RecursionError) names the file
+    and the thread, as every damaged row does."""
+    with SQLiteStore(db_path) as store:
+        store.append("t1", HISTORY)
+        deep = '{"role": "user", "content": "x", "metadata": ' + "[" * 100_000 + "]" * 100_000 + "}"
+        db = raw_connection(db_path)
+        db.execute("UPDATE thread_messages SET message = ? WHERE seq = 1", (deep,))
+        db.close()
+        with pytest.raises(StoreError, match=r"threads\.db: thread 't1' holds a damaged message"):
+            store.load("t1")
 
 
 def test_an_older_schema_is_migrated_once_keeping_its_data(
