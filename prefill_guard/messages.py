@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping, MutableSequence
 from typing import Any, Literal, TypeVar, cast, overload
 
@@ -19,10 +20,12 @@ from anthropic import BaseModel
 from anthropic.types import Message, MessageParam, TextBlock
 
 __all__ = [
+    "MAX_NESTING",
     "SYSTEM_REMINDER_KEY",
     "MessageList",
     "RawMessage",
     "Snapshot",
+    "check_input",
     "is_system_reminder",
     "system_reminder",
 ]
@@ -37,6 +40,10 @@ SYSTEM_REMINDER_KEY = "systemReminder"
 
 _ROLES: frozenset[str] = frozenset(("user", "assistant"))
 _API_KEYS = ("role", "content")
+
+MAX_NESTING = 500
+"""How deeply a message's values may nest (dicts and lists). Python's JSON encoding, and so the
+SDK, fails somewhere below the recursion limit; deeper input is refused when it is added."""
 
 
 def system_reminder(text: str, reminder_type: str) -> RawMessage:
@@ -115,6 +122,41 @@ def _where(index: int, block: int | None = None) -> str:
     return where if block is None else f"{where}.content[{block}]"
 
 
+def _containers(value: Any) -> Iterable[Any] | None:
+    """The values inside a dict, list or tuple; ``None`` for anything else."""
+    if isinstance(value, Mapping):
+        return list(value.keys()) + list(value.values())
+    if isinstance(value, (list, tuple)):
+        return value
+    return None
+
+
+def _check_nesting(value: Any, where: str) -> None:
+    """Refuse a value that holds a reference cycle or nests deeper than :data:`MAX_NESTING`.
+
+    Neither can be sent (JSON encoding recurses, and a cycle never ends), and copying either
+    would raise a bare ``RecursionError``. Walked without recursion; shared values are fine.
+    """
+    ancestors: set[int] = set()
+    pending: list[tuple[Any, int] | int] = [(value, 1)]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, int):  # every value below this container has been walked
+            ancestors.discard(item)
+            continue
+        node, depth = item
+        children = _containers(node)
+        if children is None:
+            continue
+        if id(node) in ancestors:
+            raise ValueError(f"{where}: holds a reference cycle, which no request can carry")
+        if depth > MAX_NESTING:
+            raise ValueError(f"{where}: nested more than {MAX_NESTING} levels deep")
+        ancestors.add(id(node))
+        pending.append(id(node))
+        pending.extend((child, depth + 1) for child in children)
+
+
 def _block_to_dict(block: Any, index: int, position: int) -> dict[str, Any]:
     # A plain dict, the common case, skips the abstract-class checks.
     fresh = type(block) is not dict and isinstance(block, BaseModel)
@@ -126,6 +168,8 @@ def _block_to_dict(block: Any, index: int, position: int) -> dict[str, Any]:
         )
     if not isinstance(block.get("type"), str):
         raise ValueError(f"{_where(index, position)}: content block needs a string 'type'")
+    if not fresh:
+        _check_nesting(block, _where(index, position))
     if fresh and type(block) is dict:
         return block
     return deep_copy(dict(block))
@@ -183,6 +227,9 @@ def _validate(message: Any, index: int) -> RawMessage:
             f"{_where(index)}: 'content' must be a str or a list of blocks, "
             f"got {type(content).__name__}"
         )
+    for key, value in message.items():
+        if key != "content":
+            _check_nesting(value, f"{_where(index)}.{key}")
     raw: RawMessage = {
         key: content if key == "content" else deep_copy(value) for key, value in message.items()
     }
@@ -226,6 +273,60 @@ def _api_shaped(messages: list[Any]) -> bool:
             if type(block) is not dict or type(block.get("type")) is not str:
                 return False
     return True
+
+
+def _sendable_problem(value: Any) -> str | None:
+    """What in ``value`` JSON over UTF-8 cannot carry: a lone surrogate, NaN or infinity."""
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"text {node[:40]!r} holds a lone surrogate, which UTF-8 cannot encode"
+        elif isinstance(node, float) and not math.isfinite(node):
+            return f"the number {node!r} is not valid JSON"
+        else:
+            pending.extend(_containers(node) or ())
+    return None
+
+
+def _blank_text_problem(content: Any) -> tuple[int | None, str] | None:
+    """Where ``content`` is empty or only whitespace, which the API refuses once a message
+    follows it: ``(block index or None, problem)``, or ``None``."""
+    if isinstance(content, str):
+        return None if content.strip() else (None, "the content is empty or only whitespace")
+    if not content:
+        return None, "the content is an empty list of blocks"
+    for position, block in enumerate(content):
+        text = block.get("text")
+        if block.get("type") == "text" and isinstance(text, str) and not text.strip():
+            return position, "the text is empty or only whitespace"
+    return None
+
+
+def check_input(messages: Iterable[RawMessage], *, saved: bool = False) -> None:
+    """Refuse new input that no request can carry, with a ``ValueError`` naming ``messages[i]``.
+
+    Always refused: text that UTF-8 cannot encode (a lone surrogate) and numbers JSON has no
+    form for (NaN, infinity); the structure itself was checked when the messages were made.
+    With ``saved`` (input kept in a thread, where a reply will follow it), also refused: empty
+    content and text that is only whitespace, which the API rejects in every message but the
+    last; stored, they would make every later turn of the thread fail.
+    """
+    for index, message in enumerate(messages):
+        problem = _sendable_problem(message.get("content"))
+        if problem is not None:
+            raise ValueError(f"{_where(index)}: {problem}")
+        if saved:
+            blank = _blank_text_problem(message.get("content"))
+            if blank is not None:
+                position, text = blank
+                raise ValueError(
+                    f"{_where(index, position)}: {text}; the API refuses it once another "
+                    "message follows, so it is not saved"
+                )
 
 
 class MessageList(MutableSequence[RawMessage]):

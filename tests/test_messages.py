@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prefill_guard import MessageList, is_system_reminder
-from prefill_guard.messages import _api_shaped, system_reminder
+from prefill_guard.messages import MAX_NESTING, _api_shaped, check_input, system_reminder
 
 REMINDER = system_reminder("continue", "anthropic-prefill-processor-retry")
 
@@ -307,3 +307,73 @@ def test_a_constructed_reply_with_a_bad_role_is_refused_by_name(role: Any) -> No
     with pytest.raises(ValueError, match=r"messages\[1\]: unknown role"):
         conversation._append_reply(reply)
     assert len(conversation) == 1
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def _tool_use(value: Any) -> dict[str, Any]:
+    return {
+        "role": "assistant",
+        "content": [{"type": "tool_use", "id": "t", "name": "f", "input": value}],
+    }
+
+
+def test_deep_input_is_a_value_error_naming_the_message() -> None:
+    """Nesting past MAX_NESTING (here 2,000 deep, once a raw RecursionError from the copy) is
+    refused by name; MAX_NESTING itself is fine."""
+    ok = MessageList([_tool_use(_nested(MAX_NESTING - 2))])
+    assert ok[0]["content"][0]["input"] == _nested(MAX_NESTING - 2)
+    with pytest.raises(ValueError, match=r"messages\[1\]\.content\[0\]: nested more than 500"):
+        MessageList([{"role": "user", "content": "hi"}, _tool_use(_nested(2_000))])
+    with pytest.raises(ValueError, match=r"messages\[0\]\.metadata: nested more than"):
+        MessageList([{"role": "user", "content": "hi", "metadata": _nested(2_000)}])
+
+
+def test_cyclic_input_is_a_value_error_naming_the_message() -> None:
+    """A reference cycle cannot be sent: refused when it is added, by name; a value shared by
+    two places is not a cycle."""
+    cyclic: dict[str, Any] = {"a": []}
+    cyclic["a"].append(cyclic)
+    with pytest.raises(ValueError, match=r"messages\[0\]\.content\[0\]: holds a reference cycle"):
+        MessageList([_tool_use(cyclic)])
+    shared = {"x": 1}
+    assert MessageList([_tool_use({"one": shared, "two": shared})])[0]["content"][0]["input"] == {
+        "one": {"x": 1},
+        "two": {"x": 1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("caf\udce9", r"messages\[1\]: text 'caf\\udce9' holds a lone surrogate"),
+        ([{"type": "text", "text": "\ud800"}], "lone surrogate"),
+        (
+            [{"type": "tool_result", "tool_use_id": "t", "content": float("inf")}],
+            "inf is not valid JSON",
+        ),
+    ],
+)
+def test_check_input_refuses_what_no_request_can_carry(content: Any, problem: str) -> None:
+    """Text UTF-8 cannot encode and numbers JSON has no form for, by index."""
+    messages = MessageList(
+        [{"role": "user", "content": "fine"}, {"role": "user", "content": content}]
+    )
+    with pytest.raises(ValueError, match=problem):
+        check_input(messages)
+
+
+def test_check_input_for_saving_also_refuses_blank_and_empty_content() -> None:
+    """Blank or empty content is accepted in a request (the API answers, or a processor
+    repairs), but refused as input to be saved in a thread."""
+    for content in ("", " \n", [], [{"type": "text", "text": "  "}]):
+        messages = MessageList([{"role": "user", "content": content}])
+        check_input(messages)
+        with pytest.raises(ValueError, match=r"messages\[0\]"):
+            check_input(messages, saved=True)
+    check_input(MessageList([{"role": "user", "content": "ok"}]), saved=True)
