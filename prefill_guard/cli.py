@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import signal
@@ -19,8 +20,8 @@ from .agent import Agent
 from .errors import api_message
 from .messages import is_system_reminder
 from .pipeline import RunResult
-from .processors import PrefillErrorHandler
-from .stores import StoreError
+from .processors import PrefillErrorHandler, default_processors
+from .stores import StoreError, check_thread_id
 
 __all__ = ["main"]
 
@@ -35,6 +36,29 @@ DEFAULT_DEMO_MODEL = "claude-opus-4-6"
 
 class UsageError(Exception):
     """A mistake in how the command was called: reported in one line, exit code 2."""
+
+
+class RuntimeFailure(Exception):
+    """Something failed while the command ran: reported in one line, exit code 1."""
+
+
+def _thread_id(text: str) -> str:
+    """An argparse type: a thread id any store accepts, else a usage error naming the problem."""
+    try:
+        return check_thread_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number, 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0 to 65535, got {port}")
+    return port
 
 
 def _format_message(message: dict[str, Any]) -> str:
@@ -165,31 +189,60 @@ def _chat_client(args: argparse.Namespace, stack: contextlib.ExitStack) -> anthr
     return stack.enter_context(anthropic.Anthropic())
 
 
+AGAIN = "/again"
+"""What a chat line says to ask for another reply without new input."""
+
+
+def _strict_stdin() -> TextIO:
+    """Standard input, decoded strictly: bytes that are not text are an error, not lone
+    surrogates (which Python's UTF-8 mode would make of them, and no request can carry)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:
+        return sys.stdin
+    return io.TextIOWrapper(buffer, encoding=sys.stdin.encoding or "utf-8", errors="strict")
+
+
+def _read_line(stdin: TextIO) -> str:
+    """The next line of standard input ('' at its end), or a runtime error naming the cause."""
+    try:
+        return stdin.readline()
+    except UnicodeDecodeError as exc:
+        problem = f"standard input is not valid {exc.encoding} text ({exc.reason})"
+        raise RuntimeFailure(problem) from None
+
+
 def _run_chat(args: argparse.Namespace, out: TextIO) -> int:
-    from .adaptive import AdaptivePrefillGuard
     from .stores import SQLiteStore
 
     interactive = sys.stdin.isatty()
+    stdin = _strict_stdin()
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(SQLiteStore(args.db))
         client = _chat_client(args, stack)
-        agent = Agent(
-            args.model,
-            client=client,
-            store=store,
-            error_processors=[AdaptivePrefillGuard(), PrefillErrorHandler()],
-        )
+        agent = Agent(args.model, client=client, store=store, error_processors=default_processors())
         if interactive:
-            print("An empty line asks for another reply; Ctrl-D ends the chat.", file=out)
+            print(
+                f"Type a message; {AGAIN} asks for another reply; Ctrl-D ends the chat.", file=out
+            )
         while True:
             if interactive:
                 print("you> ", end="", file=out, flush=True)
-            line = sys.stdin.readline()
+            line = _read_line(stdin)
             if not line:
                 break
-            text = line.rstrip("\n")
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                print(f"(nothing sent: type a message, or {AGAIN} for another reply)", file=out)
+                continue
             before = len(store.load(args.thread)) if args.show_hidden else 0
-            with agent.stream(text or None, thread_id=args.thread) as stream:
+            try:
+                stream = agent.stream(
+                    None if text.strip() == AGAIN else text, thread_id=args.thread
+                )
+            except ValueError as exc:  # input no request can carry: say so, keep chatting
+                print(f"(not sent: {exc})", file=out)
+                continue
+            with stream:
                 print("assistant> ", end="", file=out, flush=True)
                 for piece in stream.text_stream:
                     print(piece, end="", file=out, flush=True)
@@ -250,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     emulator.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
-    emulator.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    emulator.add_argument("--port", type=_port, default=0, help="port (default: any free port)")
     emulator.add_argument(
         "--no-prefill-model",
         action="append",
@@ -274,12 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
         "chat",
         help="chat in a thread kept in a SQLite file",
         description=(
-            "An interactive chat that keeps its thread in a SQLite file. An empty line asks "
-            "the model to reply again without new input (the case that meets the prefill 400)."
+            f"An interactive chat that keeps its thread in a SQLite file. A line {AGAIN} asks "
+            "the model to reply again without new input (the case that meets the prefill 400); "
+            "an empty line sends nothing."
         ),
     )
     chat.add_argument("--db", required=True, help="the thread database (created if missing)")
-    chat.add_argument("--thread", required=True, help="the thread id")
+    chat.add_argument("--thread", required=True, type=_thread_id, help="the thread id")
     chat.add_argument("--model", default=DEFAULT_DEMO_MODEL, help="model name (%(default)s)")
     chat.add_argument(
         "--show-hidden", action="store_true", help="also print hidden system reminders"
@@ -294,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print a thread: the UI view by default, the raw one with --raw.",
     )
     history.add_argument("--db", required=True, help="the thread database")
-    history.add_argument("--thread", required=True, help="the thread id")
+    history.add_argument("--thread", required=True, type=_thread_id, help="the thread id")
     history.add_argument("--raw", action="store_true", help="include hidden system reminders")
     history.add_argument("--json", action="store_true", help="print the messages as JSON")
     return parser
@@ -321,7 +375,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except UsageError as exc:
         print(f"prefill-guard: error: {exc}", file=sys.stderr)
         return 2
-    except StoreError as exc:
+    except (StoreError, RuntimeFailure) as exc:
         print(f"prefill-guard: error: {exc}", file=sys.stderr)
         return 1
     except anthropic.APIConnectionError as exc:
@@ -334,6 +388,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug of ours, or one we did not foresee: still one line
+        print(f"prefill-guard: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

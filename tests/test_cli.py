@@ -147,7 +147,7 @@ def test_emulator_command_rejects_a_bad_fault() -> None:
 
 
 def test_chat_through_stdin_then_history(tmp_path: Any) -> None:
-    """A chat driven through stdin: a message, then an empty line (reply again, which meets the
+    """A chat driven through stdin: a message, then /again (reply again, which meets the
     prefill 400 and recovers); `history` shows the UI view, --raw the reminder, --json JSON."""
     db = str(tmp_path / "threads.db")
     with AnthropicEmulator() as emulator:
@@ -163,7 +163,7 @@ def test_chat_through_stdin_then_history(tmp_path: Any) -> None:
                 "t1",
                 "--show-hidden",
             ],
-            input="Hello there\n\n",
+            input="Hello there\n/again\n",
             capture_output=True,
             text=True,
             timeout=60,
@@ -259,3 +259,78 @@ def test_emulator_on_a_busy_port_is_one_clear_line() -> None:
     assert result.stderr.strip().splitlines() == [
         f"prefill-guard: error: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+def _chat(db: str, stdin: bytes, emulator: AnthropicEmulator) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "prefill_guard", "chat", "--db", db, "--thread", "t1"],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, **_env_for(emulator)},
+        check=False,
+    )
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
+    )
+
+
+def test_chat_sends_nothing_for_an_empty_or_blank_line(tmp_path: Any) -> None:
+    """An empty or whitespace-only line gets a short answer and no request; before, a blank
+    line was stored and every later turn (and session) failed with a 400."""
+    db = str(tmp_path / "threads.db")
+    with AnthropicEmulator() as emulator:
+        chat = _chat(db, b"Hello\n\n   \n\t\nStill here?\n", emulator)
+        assert chat.returncode == 0, chat.stderr
+        assert len(emulator.message_requests) == 2
+    assert chat.stdout.count("(nothing sent: type a message, or /again for another reply)") == 3
+    history = _run("history", "--db", db, "--thread", "t1")
+    assert [line.split(":")[0].strip() for line in history.stdout.splitlines()] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+    ]
+
+
+def test_chat_with_invalid_utf8_on_stdin_is_one_clear_line(tmp_path: Any) -> None:
+    """Bytes that are not UTF-8: exit code 1, one line, no traceback; what came before stays."""
+    db = str(tmp_path / "threads.db")
+    with AnthropicEmulator() as emulator:
+        chat = _chat(db, b"Hello\ncaf\xe9\n", emulator)
+    assert chat.returncode == 1
+    assert chat.stderr.strip().splitlines() == [
+        "prefill-guard: error: standard input is not valid utf-8 text (invalid continuation byte)"
+    ]
+    assert "Traceback" not in chat.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        ((b"chat", b"--db", b"{db}", b"--thread", b" "), "thread_id must be a non-blank str"),
+        ((b"history", b"--db", b"{db}", b"--thread", b""), "thread_id must be a non-blank str"),
+        ((b"history", b"--db", b"{db}", b"--thread", b"caf\xe9"), "must be valid Unicode text"),
+        ((b"emulator", b"--port", b"99999"), "port must be 0 to 65535, got 99999"),
+        ((b"emulator", b"--port", b"http"), "not a port number: 'http'"),
+    ],
+)
+def test_bad_thread_ids_and_ports_are_usage_errors(
+    tmp_path: Any, args: tuple[bytes, ...], text: str
+) -> None:
+    """Each once printed a traceback (ValueError, OverflowError): now exit code 2 and one
+    error line from argparse, naming the argument."""
+    db = str(tmp_path / "ok.db").encode()
+    result = subprocess.run(
+        [sys.executable.encode(), b"-m", b"prefill_guard", *(a.replace(b"{db}", db) for a in args)],
+        capture_output=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ANTHROPIC_")},
+        check=False,
+    )
+    stderr = result.stderr.decode(errors="backslashreplace")
+    assert result.returncode == 2
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1
+    assert text in errors[0]
