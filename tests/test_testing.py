@@ -1930,8 +1930,8 @@ def test_parameter_rules_answer_with_the_api_text(
     ("model", "params"),
     [
         ("claude-haiku-4-5", {"temperature": 0.5}),
-        ("claude-opus-4-5", {"temperature": 0.5, "top_p": 0.9}),
-        ("claude-opus-4-5", {"thinking": {"type": "enabled", "budget_tokens": 1024}}),
+        ("claude-opus-4-1", {"temperature": 0.5, "top_p": 0.9}),
+        ("claude-opus-4-1", {"thinking": {"type": "enabled", "budget_tokens": 1024}}),
         ("claude-opus-4-7", {"thinking": {"type": "adaptive"}, "output_config": {"effort": "max"}}),
         ("claude-opus-4-6", {"tools": TOOLS, "tool_choice": {"type": "any"}}),
         ("claude-opus-5-5", {"tools": TOOLS, "tool_choice": {"type": "auto"}}),
