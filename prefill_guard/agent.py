@@ -10,8 +10,10 @@ from typing import Any
 
 import anthropic
 from anthropic._base_client import AsyncAPIClient, SyncAPIClient
+from anthropic.types import Message
 
-from .messages import MessageList, RawMessage, deep_copy
+from .errors import areply_from_response, reply_from_response
+from .messages import MessageList, check_input, deep_copy
 from .pipeline import AnyProcessor, Generation, Pipeline, RunResult, finish_run
 from .processors import RequestParams
 from .retries import (
@@ -22,7 +24,7 @@ from .retries import (
     call_with_retries,
     resume_with_retries,
 )
-from .stores import ThreadStore
+from .stores import StoreError, ThreadStore
 from .streaming import AgentStream, AsyncAgentStream, AsyncClient, SyncClient
 
 __all__ = ["Agent", "AnthropicClient"]
@@ -82,7 +84,7 @@ class Agent:
     ) -> None:
         if not isinstance(model, str) or not model:
             raise TypeError(f"model must be a non-empty str, got {model!r}")
-        if not isinstance(max_tokens, int) or max_tokens < 1:
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
         _check_params(default_params, "Agent()")
         if store is not None and not isinstance(store, ThreadStore):
@@ -164,9 +166,7 @@ class Agent:
         """
         client = self._sync_client or self._sync_client_for("generate")
         conversation, merged, thread = self._prepare("generate", messages, params, thread_id)
-        result = _run(
-            self._pipeline, self._retry_policy, conversation, merged, client.messages.create
-        )
+        result = _run(self._pipeline, self._retry_policy, conversation, merged, _sender(client))
         if thread is not None:
             thread.save()
         return result
@@ -183,7 +183,7 @@ class Agent:
                 self._prepare, "agenerate", messages, params, thread_id
             )
         result = await _arun(
-            self._pipeline, self._retry_policy, conversation, merged, client.messages.create
+            self._pipeline, self._retry_policy, conversation, merged, _async_sender(client)
         )
         if thread is not None:
             await asyncio.to_thread(thread.save)
@@ -253,10 +253,11 @@ class Agent:
             conversation = thread.history
         elif messages is None:
             raise TypeError(f"{caller} needs messages, or a thread_id to continue a thread")
-        elif type(messages) is list:  # the common case, without a call
-            conversation = MessageList(messages)
         else:
             conversation = _as_message_list(messages)
+            if not conversation:
+                raise ValueError(f"{caller}: messages is empty; pass at least one message")
+            check_input(conversation)
         return conversation, merged, thread
 
     def _sync_client_for(self, method: str) -> SyncClient:
@@ -289,9 +290,9 @@ def _run(
     policy: RetryPolicy,
     messages: MessageList,
     params: RequestParams,
-    create: Callable[..., Any],
+    send: Callable[[dict[str, Any]], Message],
 ) -> RunResult:
-    """One non-streaming generation: ``create(**params, messages=...)`` until it succeeds.
+    """One non-streaming generation: ``send(request)`` until it succeeds.
 
     When every ``before_send`` hook only appends (the default stack), the first request goes
     out without a :class:`Generation`, which is made only if that request fails: it starts
@@ -300,20 +301,16 @@ def _run(
     """
     if not pipeline.appends_only_before_send:
         generation = pipeline.begin(messages, params)
-        return generation.succeeded(
-            call_with_retries(generation, policy, lambda request: create(**request))
-        )
+        return generation.succeeded(call_with_retries(generation, policy, send))
     pipeline.run_appending_hooks(messages, params)
     try:
-        message = create(**params, messages=messages.to_api())
+        message = send({**params, "messages": messages.to_api()})
     except BaseException as error:  # everything the loops would catch goes on to them
         failure = error
     else:
         return finish_run(messages, message, [])
     generation = Generation(pipeline, messages, params)
-    return generation.succeeded(
-        resume_with_retries(generation, policy, lambda request: create(**request), failure)
-    )
+    return generation.succeeded(resume_with_retries(generation, policy, send, failure))
 
 
 async def _arun(
@@ -321,53 +318,82 @@ async def _arun(
     policy: RetryPolicy,
     messages: MessageList,
     params: RequestParams,
-    create: Callable[..., Awaitable[Any]],
+    send: Callable[[dict[str, Any]], Awaitable[Message]],
 ) -> RunResult:
     """The async twin of :func:`_run`."""
     if not pipeline.appends_only_before_send:
         generation = pipeline.begin(messages, params)
-        return generation.succeeded(
-            await acall_with_retries(generation, policy, lambda request: create(**request))
-        )
+        return generation.succeeded(await acall_with_retries(generation, policy, send))
     pipeline.run_appending_hooks(messages, params)
     try:
-        message = await create(**params, messages=messages.to_api())
+        message = await send({**params, "messages": messages.to_api()})
     except BaseException as error:  # cancellation too, as in acall_with_retries
         failure = error
     else:
         return finish_run(messages, message, [])
     generation = Generation(pipeline, messages, params)
-    return generation.succeeded(
-        await aresume_with_retries(generation, policy, lambda request: create(**request), failure)
-    )
+    return generation.succeeded(await aresume_with_retries(generation, policy, send, failure))
+
+
+def _sender(client: SyncClient) -> Callable[[dict[str, Any]], Message]:
+    """Send one Messages request and return its reply, checked (:func:`reply_from_response`)."""
+    create = client.messages.with_raw_response.create
+
+    def send(request: dict[str, Any]) -> Message:
+        return reply_from_response(create(**request))
+
+    return send
+
+
+def _async_sender(client: AsyncClient) -> Callable[[dict[str, Any]], Awaitable[Message]]:
+    """The async twin of :func:`_sender`."""
+    create = client.messages.with_raw_response.create
+
+    async def send(request: dict[str, Any]) -> Message:
+        return await areply_from_response(await create(**request))
+
+    return send
 
 
 class _ThreadRun:
-    """One run on a stored thread: input saved first, the rest saved only on success."""
+    """One run on a stored thread: input saved first, the outcome saved only on success.
+
+    What the run loaded is kept as it was (a deep copy), so that saving can tell what the run
+    changed however a processor changed it: the messages after the loaded ones are new and
+    are appended; if a processor repaired, replaced or removed a loaded message, the loaded
+    messages are rewritten as the successful request sent them (:meth:`ThreadStore.rewrite`),
+    so nothing is stored twice and the next turn sends the repaired history.
+    """
 
     def __init__(
         self, store: ThreadStore, thread_id: str, messages: MessagesInput | None, caller: str
     ) -> None:
         if messages is not None:
-            store.append(thread_id, list(_as_message_list(messages)))  # saved even if the run fails
+            new = _as_message_list(messages)
+            if not new:
+                raise ValueError(
+                    f"{caller}: messages is empty; leave it out to ask for another reply"
+                )
+            check_input(new, saved=True)
+            store.append(thread_id, list(new))  # saved even if the run fails
         self.history = store.load(thread_id)
         if len(self.history) == 0:
             raise ValueError(f"{caller}: thread {thread_id!r} is empty and no messages were given")
         self._store = store
         self._thread_id = thread_id
-        # Holding the loaded messages keeps their id()s from being reused by new messages
-        # after a processor drops one of them.
-        self._loaded_messages = list(self.history)
-        self._loaded = {id(message) for message in self._loaded_messages}
-
-    def unsaved(self) -> list[RawMessage]:
-        """Messages the run added after the last stored one that is still in the list."""
-        positions = [i for i, m in enumerate(self.history) if id(m) in self._loaded]
-        start = positions[-1] + 1 if positions else 0
-        return [m for m in self.history[start:] if id(m) not in self._loaded]
+        self._loaded = list(self.history.copy())
 
     def save(self) -> None:
-        self._store.append(self._thread_id, self.unsaved())
+        """Store what the run sent and received, each message once, in order."""
+        outcome = list(self.history)
+        loaded = self._loaded
+        if outcome[: len(loaded)] == loaded:  # nothing stored was changed: append the rest
+            self._store.append(self._thread_id, outcome[len(loaded) :])
+        elif not self._store.rewrite(self._thread_id, loaded, outcome):
+            raise StoreError(
+                f"thread {self._thread_id!r} changed while this run repaired messages it had "
+                "loaded (another run rewrote or deleted them); the run's reply was not stored"
+            )
 
 
 def _check_params(params: dict[str, Any], where: str) -> None:

@@ -199,7 +199,11 @@ class Pipeline:
             raise TypeError(
                 f"error_processors must be a list of processors, got {type(processors).__name__}"
             )
-        if not isinstance(max_processor_retries, int) or max_processor_retries < 0:
+        if (
+            not isinstance(max_processor_retries, int)
+            or isinstance(max_processor_retries, bool)
+            or max_processor_retries < 0
+        ):
             raise ValueError(
                 f"max_processor_retries must be an int >= 0, got {max_processor_retries!r}"
             )

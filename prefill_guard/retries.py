@@ -150,10 +150,17 @@ class RetryPolicy:
         on_retry: Iterable[OnRetry] = (),
         sleep: Callable[[float], object] | None = None,
     ) -> None:
-        if not isinstance(max_retries, int) or max_retries < 0:
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
-        if not isinstance(max_retry_delay, (int, float)) or max_retry_delay < 0:
-            raise ValueError(f"max_retry_delay must be >= 0 seconds, got {max_retry_delay!r}")
+        if (
+            not isinstance(max_retry_delay, (int, float))
+            or isinstance(max_retry_delay, bool)
+            or not math.isfinite(max_retry_delay)
+            or max_retry_delay < 0
+        ):
+            raise ValueError(
+                f"max_retry_delay must be >= 0 seconds (a finite number), got {max_retry_delay!r}"
+            )
         hooks = tuple(on_retry)
         for index, hook in enumerate(hooks):
             if not callable(hook):

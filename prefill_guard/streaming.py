@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 from collections import deque
@@ -66,13 +67,31 @@ def _text_of(event: StreamEvent) -> str | None:
     return None
 
 
-def _api_error(error: BaseException, request: httpx2.Request) -> BaseException:
-    """The SDK's own error for a transport failure mid-stream (the SDK leaves those raw)."""
+def _api_error(error: BaseException, response: httpx2.Response) -> BaseException:
+    """The SDK's own error for a failure it leaves raw inside a stream.
+
+    As for the same fault outside a stream: a transport or content-decoding failure is the
+    SDK's ``APIConnectionError`` (``APITimeoutError`` for a timeout), retried as transient; a
+    body that is not valid JSON or UTF-8 is an ``APIResponseValidationError``.
+    """
     if isinstance(error, httpx2.TimeoutException):
-        return anthropic.APITimeoutError(request=request)
-    if isinstance(error, httpx2.TransportError):
-        return anthropic.APIConnectionError(request=request)
+        return anthropic.APITimeoutError(request=response.request)
+    if isinstance(error, (httpx2.TransportError, httpx2.DecodingError)):
+        return anthropic.APIConnectionError(request=response.request)
+    if isinstance(error, (UnicodeDecodeError, json.JSONDecodeError)):
+        return anthropic.APIResponseValidationError(
+            response, None, message=f"the stream's events are not valid JSON text: {error}"
+        )
     return error
+
+
+_RAW_ERRORS = (
+    httpx2.TransportError,
+    httpx2.DecodingError,
+    UnicodeDecodeError,
+    json.JSONDecodeError,
+)
+"""What the SDK lets escape from a stream's events unconverted (see :func:`_api_error`)."""
 
 
 def _cut_short(request: httpx2.Request) -> anthropic.APIConnectionError:
@@ -149,8 +168,8 @@ def _open(
         except StopIteration:
             if not tracker.stopped:
                 raise _cut_short(stream.response.request) from None
-        except httpx2.TransportError as exc:
-            raise _api_error(exc, stream.response.request) from exc
+        except _RAW_ERRORS as exc:
+            raise _api_error(exc, stream.response) from exc
     except BaseException:
         manager.__exit__(*sys.exc_info())
         raise
@@ -171,12 +190,47 @@ async def _aopen(
         except StopAsyncIteration:
             if not tracker.stopped:
                 raise _cut_short(stream.response.request) from None
-        except httpx2.TransportError as exc:
-            raise _api_error(exc, stream.response.request) from exc
+        except _RAW_ERRORS as exc:
+            raise _api_error(exc, stream.response) from exc
     except BaseException:
         await manager.__aexit__(*sys.exc_info())
         raise
     return manager, stream, head
+
+
+def _read(tracker: _Tracker, stream: MessageStream) -> Iterator[StreamEvent]:
+    """The events not yet delivered, to ``message_stop``; a failure on the way is raised as
+    the SDK's own error (:func:`_api_error`) with the text delivered so far on it."""
+    try:
+        while tracker.pending:
+            yield tracker.pending.popleft()
+        for event in stream:
+            yield tracker.seen(event)
+        if not tracker.stopped:
+            raise _cut_short(stream.response.request)
+    except Exception as error:
+        converted = _api_error(error, stream.response)
+        tracker.interrupted(converted)
+        if converted is error:
+            raise
+        raise converted from error
+
+
+async def _aread(tracker: _Tracker, stream: AsyncMessageStream) -> AsyncIterator[StreamEvent]:
+    """The async twin of :func:`_read`."""
+    try:
+        while tracker.pending:
+            yield tracker.pending.popleft()
+        async for event in stream:
+            yield tracker.seen(event)
+        if not tracker.stopped:
+            raise _cut_short(stream.response.request)
+    except Exception as error:
+        converted = _api_error(error, stream.response)
+        tracker.interrupted(converted)
+        if converted is error:
+            raise
+        raise converted from error
 
 
 class AgentStream:
@@ -229,22 +283,12 @@ class AgentStream:
             return
         stream = self._stream
         assert stream is not None
-        try:
-            while tracker.pending:
-                yield tracker.delivered(tracker.pending.popleft())
-            for event in stream:
-                yield tracker.delivered(tracker.seen(event))
-            if not tracker.stopped:
-                raise _cut_short(stream.response.request)
-        except Exception as error:
-            converted = _api_error(error, stream.response.request)
-            tracker.interrupted(converted)
-            if converted is error:
-                raise
-            raise converted from error
-        tracker.finish(stream.get_final_message(), stream.request_id)
-        if self._on_finish is not None:
-            self._on_finish()
+        for event in _read(tracker, stream):
+            if event.type == "message_stop":  # complete: kept however the consumer goes on
+                tracker.finish(stream.current_message_snapshot, stream.request_id)
+                if self._on_finish is not None:
+                    self._on_finish()
+            yield tracker.delivered(event)
 
     @property
     def text_stream(self) -> Iterator[str]:
@@ -308,22 +352,12 @@ class AsyncAgentStream:
             return
         stream = self._stream
         assert stream is not None
-        try:
-            while tracker.pending:
-                yield tracker.delivered(tracker.pending.popleft())
-            async for event in stream:
-                yield tracker.delivered(tracker.seen(event))
-            if not tracker.stopped:
-                raise _cut_short(stream.response.request)
-        except Exception as error:
-            converted = _api_error(error, stream.response.request)
-            tracker.interrupted(converted)
-            if converted is error:
-                raise
-            raise converted from error
-        tracker.finish(await stream.get_final_message(), stream.request_id)
-        if self._on_finish is not None:
-            await asyncio.to_thread(self._on_finish)  # a store may block: keep it off the loop
+        async for event in _aread(tracker, stream):
+            if event.type == "message_stop":  # complete: kept however the consumer goes on
+                tracker.finish(stream.current_message_snapshot, stream.request_id)
+                if self._on_finish is not None:
+                    await asyncio.to_thread(self._on_finish)  # a store may block the loop
+            yield tracker.delivered(event)
 
     @property
     def text_stream(self) -> AsyncIterator[str]:

@@ -548,3 +548,107 @@ async def test_a_generation_is_made_only_when_the_first_request_fails(
                 await agent.agenerate(ENDS_WITH_USER)
     assert len(made) == (1 if faults else 0)
     assert len(anthropic_emulator.message_requests) == (2 if faults == (OVERLOADED,) else 1)
+
+
+def test_a_nan_retry_delay_cannot_remove_the_cap() -> None:
+    """max_retry_delay=nan would make every min() with it nan: refused, as are bools for
+    counts (True is an int in Python, never meant as one here)."""
+    for kwargs in (
+        {"max_retry_delay": float("nan")},
+        {"max_retries": True},
+        {"max_tokens": True},
+        {"max_processor_retries": True},
+    ):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            Agent(MODEL, **kwargs)
+
+
+@pytest.mark.parametrize("driver", ["generate", "agenerate"])
+async def test_no_messages_is_a_clear_error_before_any_request(
+    anthropic_emulator: AnthropicEmulator, driver: str
+) -> None:
+    """generate([]) used to send a request the API refuses; it is a ValueError now."""
+    empties: list[list[Any] | MessageList] = [[], MessageList()]
+    for empty in empties:
+        with pytest.raises(ValueError, match=r"messages is empty; pass at least one message"):
+            await _call(anthropic_emulator, driver, empty)
+    assert anthropic_emulator.message_requests == []
+
+
+@pytest.mark.parametrize("driver", ["generate", "agenerate"])
+async def test_text_utf8_cannot_encode_is_a_value_error_before_any_request(
+    anthropic_emulator: AnthropicEmulator, driver: str
+) -> None:
+    """A lone surrogate used to escape as a raw UnicodeEncodeError from the SDK."""
+    bad = [{"role": "user", "content": "fine"}, {"role": "user", "content": "caf\udce9"}]
+    with pytest.raises(ValueError, match=r"messages\[1\]: text 'caf\\udce9' holds a lone"):
+        await _call(anthropic_emulator, driver, bad)
+    assert anthropic_emulator.message_requests == []
+
+
+async def _call(
+    emulator: AnthropicEmulator, driver: str, messages: Any, **kwargs: Any
+) -> RunResult:
+    if driver == "generate":
+        with emulator.client() as client:
+            return Agent(MODEL, client=client, **kwargs).generate(messages)
+    async with emulator.async_client() as aclient:
+        return await Agent(MODEL, client=aclient, **kwargs).agenerate(messages)
+
+
+_MESSAGE_WITHOUT_CONTENT = {
+    "id": "msg_1",
+    "type": "message",
+    "role": "assistant",
+    "model": MODEL,
+    "content": None,
+    "stop_reason": "end_turn",
+    "usage": {"input_tokens": 1, "output_tokens": 1},
+}
+
+
+@pytest.mark.parametrize("driver", ["generate", "agenerate"])
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        ({"type": "error", "error": {"type": "invalid_request_error", "message": "no"}}, {}),
+        ("<html><body>Gateway says hi</body></html>", {}),
+        (_MESSAGE_WITHOUT_CONTENT, {}),
+        (b'{"type": "message", "content": [', {"content-type": "application/json"}),
+        (b'{"type": "\xff"}', {"content-type": "application/json"}),
+    ],
+    ids=["error-object", "html", "content-null", "malformed-json", "invalid-utf8"],
+)
+async def test_a_200_that_is_not_a_message_is_the_sdks_error_not_a_crash(
+    anthropic_emulator: AnthropicEmulator, driver: str, body: Any, headers: dict[str, str]
+) -> None:
+    """Each once gave a raw TypeError, JSONDecodeError or UnicodeDecodeError; now the SDK's own
+    error, which no processor repairs: the caller gets it after one request."""
+    anthropic_emulator.script(Fault(200, body=body, headers=headers))
+    seen = ErrorRecorder()
+    with pytest.raises(anthropic.APIError) as info:
+        await _call(anthropic_emulator, driver, "hi", error_processors=[seen])
+    expected = (
+        anthropic.APIStatusError
+        if isinstance(body, dict) and body["type"] == "error"
+        else anthropic.APIResponseValidationError
+    )
+    assert type(info.value) is expected
+    assert seen.errors == [info.value]
+    assert len(anthropic_emulator.message_requests) == 1
+
+
+@pytest.mark.parametrize("driver", ["generate", "agenerate"])
+@pytest.mark.parametrize("error_type", ["overloaded_error", "api_error"])
+async def test_a_200_holding_a_transient_error_object_is_retried(
+    anthropic_emulator: AnthropicEmulator, driver: str, error_type: str
+) -> None:
+    """An overloaded (or api) error object in a 200 is retried like the SSE error event of
+    the same type; the retry's reply is the result."""
+    body = {"type": "error", "error": {"type": error_type, "message": "busy"}}
+    anthropic_emulator.script(Fault(200, body=body))
+    waits: list[float] = []
+    result = await _call(anthropic_emulator, driver, "hi", sleep=waits.append)
+    assert result.text == DEFAULT_REPLY_TEXT
+    assert [a.retry for a in result.attempts] == ["transient", None]
+    assert len(anthropic_emulator.message_requests) == 2

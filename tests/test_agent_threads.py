@@ -11,6 +11,8 @@ from typing import Any
 
 import anthropic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prefill_guard import (
     Agent,
@@ -19,6 +21,9 @@ from prefill_guard import (
     PrefillErrorHandler,
     ProcessAPIErrorResult,
     SQLiteStore,
+    StoreError,
+    append_system_reminder,
+    default_processors,
     is_system_reminder,
 )
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator, Fault
@@ -121,10 +126,11 @@ async def test_async_drivers_use_the_thread(
     assert [m["role"] for m in store.load("t1")] == ["user", "assistant", "user", "assistant"]
 
 
-def test_a_processor_that_trims_history_does_not_lose_stored_messages(
+def test_a_processor_that_trims_history_trims_the_stored_thread(
     anthropic_emulator: AnthropicEmulator, store: Any
 ) -> None:
-    """The store is append-only: trimming changes that run's request, not the saved thread."""
+    """The thread keeps what the successful request sent: a processor that drops a stored
+    message drops it from the thread too (the rule of docs/threads.md), stored once."""
 
     class TrimThenRemind:
         id = "trim-then-remind"
@@ -142,8 +148,12 @@ def test_a_processor_that_trims_history_does_not_lose_stored_messages(
         Agent(MODEL, client=client, store=store, error_processors=[TrimThenRemind()]).generate(
             thread_id="t1"
         )
-    assert anthropic_emulator.message_requests[-1].body["messages"][0]["content"] == "a"
-    assert [m["content"] for m in store.recall("t1")] == ["old", "a", REPLY["content"]]
+    sent = anthropic_emulator.message_requests[-1].body["messages"]
+    assert sent[0]["content"] == "a"
+    assert [m["content"] for m in store.load("t1").to_api()] == [
+        *(m["content"] for m in sent),
+        REPLY["content"],
+    ]
 
 
 def test_thread_misuse_is_a_clear_error(anthropic_emulator: AnthropicEmulator, store: Any) -> None:
@@ -198,3 +208,268 @@ def test_two_processes_on_one_thread_lose_nothing(tmp_path: Path) -> None:
         mine = [m for m in thread if name + "-" in str(m["content"])]
         order = [m["content"] if m["role"] == "user" else m["content"][0]["text"] for m in mine]
         assert order == [x for i in range(10) for x in (f"{name}-{i}", f"echo {name}-{i}")]
+
+
+# -- what a run stores: each message once, repairs of stored messages included ---------------
+
+HAIKU = "claude-haiku-4-5"  # accepts prefill: the whitespace and orphan repairs stand alone
+
+
+def _haiku(store: Any, client: Any) -> Agent:
+    return Agent(HAIKU, client=client, store=store, error_processors=default_processors())
+
+
+def _sent_then_reply(emulator: AnthropicEmulator) -> list[dict[str, Any]]:
+    """What the last (successful) request sent, plus the emulator's reply."""
+    return [*emulator.message_requests[-1].body["messages"], REPLY]
+
+
+def test_a_trailing_whitespace_repair_is_stored_once(
+    anthropic_emulator: AnthropicEmulator, store: Any
+) -> None:
+    """Input ending in "Sure " (a prefill with trailing whitespace, which the API refuses):
+    the repaired "Sure" replaces it in the thread; nothing is stored twice, and the next turn
+    sends the repaired history without paying the 400 again."""
+    with anthropic_emulator.client() as client:
+        agent = _haiku(store, client)
+        agent.generate(
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Sure "}],
+            thread_id="t1",
+        )
+        assert len(anthropic_emulator.message_requests) == 2
+        assert store.load("t1").to_api() == _sent_then_reply(anthropic_emulator)
+        assert [m["content"] for m in store.load("t1")][:2] == ["Hi", "Sure"]
+        agent.generate("next", thread_id="t1")
+    assert len(anthropic_emulator.message_requests) == 3  # no second 400
+    assert len(store.load("t1")) == 5
+    assert store.load("t1").to_api() == _sent_then_reply(anthropic_emulator)
+
+
+def test_an_orphaned_tool_use_repair_stores_the_users_message_once(
+    anthropic_emulator: AnthropicEmulator, store: Any
+) -> None:
+    """A thread ending in a tool_use, then new text: the handler answers the call inside the
+    stored user message, which is rewritten, not stored a second time."""
+    tool_use = {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "x"}}
+    store.append(
+        "t1", [{"role": "user", "content": "look"}, {"role": "assistant", "content": [tool_use]}]
+    )
+    with anthropic_emulator.client() as client:
+        _haiku(store, client).generate("never mind", thread_id="t1")
+    stored = store.load("t1")
+    assert len(anthropic_emulator.message_requests) == 2
+    assert stored.to_api() == _sent_then_reply(anthropic_emulator)
+    assert [m["role"] for m in stored] == ["user", "assistant", "user", "assistant"]
+    assert stored[2]["content"][0]["type"] == "tool_result"
+    assert stored[2]["content"][-1] == {"type": "text", "text": "never mind"}
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ("caf\udce9", r"messages\[0\]: text 'caf\\udce9' holds a lone surrogate"),
+        ("   ", r"messages\[0\]: the content is empty or only whitespace"),
+        ("", r"messages\[0\]: the content is empty or only whitespace"),
+        ([{"role": "user", "content": []}], r"messages\[0\]: the content is an empty list"),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "ok"}, {"type": "text", "text": "\n"}],
+                }
+            ],
+            r"messages\[0\]\.content\[1\]: the text is empty or only whitespace",
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "t", "content": float("nan")}
+                    ],
+                }
+            ],
+            r"messages\[0\]: the number nan is not valid JSON",
+        ),
+    ],
+)
+def test_input_no_request_can_carry_is_refused_before_it_is_saved(
+    anthropic_emulator: AnthropicEmulator, store: Any, bad: Any, problem: str
+) -> None:
+    """Such input raises a ValueError naming it, nothing is stored or sent, and the thread's
+    next turns work (before, it was stored and every later turn failed)."""
+    with anthropic_emulator.client() as client:
+        agent = _agent(anthropic_emulator, store, client)
+        agent.generate("Hello", thread_id="t1")
+        with pytest.raises(ValueError, match=problem):
+            agent.generate(bad, thread_id="t1")
+        assert len(store.load("t1")) == 2
+        assert len(anthropic_emulator.message_requests) == 1
+        agent.generate("Still there?", thread_id="t1")
+        agent.generate(thread_id="t1")
+    assert [m["role"] for m in store.recall("t1")] == ["user", "assistant"] * 2 + ["assistant"]
+
+
+def test_empty_input_to_a_thread_is_a_clear_error(
+    anthropic_emulator: AnthropicEmulator, store: Any
+) -> None:
+    """generate([], thread_id=...) is refused: leave messages out to ask for another reply."""
+    with (
+        anthropic_emulator.client() as client,
+        pytest.raises(ValueError, match="messages is empty"),
+    ):
+        _agent(anthropic_emulator, store, client).generate([], thread_id="t1")
+    assert store.list_threads() == []
+
+
+@pytest.mark.parametrize("driver", ["stream", "astream"])
+async def test_a_stream_left_at_message_stop_is_stored_and_has_a_result(
+    anthropic_emulator: AnthropicEmulator, store: Any, driver: str
+) -> None:
+    """A consumer that breaks out of the event loop at message_stop has the whole reply: it is
+    stored and .result works."""
+    if driver == "stream":
+        with anthropic_emulator.client() as client:
+            with _agent(anthropic_emulator, store, client).stream("hi", thread_id="t1") as stream:
+                for event in stream:
+                    if event.type == "message_stop":
+                        break
+            result = stream.result
+    else:
+        async with anthropic_emulator.async_client() as aclient:
+            astream = _agent(anthropic_emulator, store, aclient).astream("hi", thread_id="t1")
+            async with astream:
+                async for event in astream:
+                    if event.type == "message_stop":
+                        break
+            result = astream.result
+    assert result.text == DEFAULT_REPLY_TEXT
+    assert store.recall("t1") == [{"role": "user", "content": "hi"}, REPLY]
+
+
+def test_a_stream_left_before_message_stop_stores_no_reply(
+    anthropic_emulator: AnthropicEmulator, store: Any
+) -> None:
+    """Breaking out at message_delta (the reply not yet complete) stores nothing more."""
+    with anthropic_emulator.client() as client:
+        with _agent(anthropic_emulator, store, client).stream("hi", thread_id="t1") as stream:
+            for event in stream:
+                if event.type == "message_delta":
+                    break
+        with pytest.raises(RuntimeError, match="has not finished"):
+            stream.result  # noqa: B018
+    assert store.recall("t1") == [{"role": "user", "content": "hi"}]
+
+
+def test_a_rewrite_that_lost_a_race_is_a_store_error_and_stores_nothing_twice(
+    anthropic_emulator: AnthropicEmulator, store: Any
+) -> None:
+    """If another writer changed the messages a run repaired (here: deleted the thread) before
+    the run saved, the run's outcome is not stored over it, and the caller is told."""
+
+    class RepairThenDelete:
+        id = "repair-then-delete"
+
+        def process_api_error(
+            self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+        ) -> ProcessAPIErrorResult | None:
+            messages[0] = {"role": "user", "content": "repaired"}
+            store.delete("t1")  # another writer, racing this run
+            return ProcessAPIErrorResult(retry=True)
+
+    anthropic_emulator.script(Fault(400))
+    with anthropic_emulator.client() as client:
+        agent = Agent(MODEL, client=client, store=store, error_processors=[RepairThenDelete()])
+        with pytest.raises(StoreError, match="changed while this run repaired"):
+            agent.generate("original", thread_id="t1")
+    assert store.list_threads() == []
+
+
+class _RandomEdits:
+    """A processor making a scripted list of edits: append, remind, replace, edit in place,
+    delete, insert; as an error processor (after a scripted 400) or in before_send."""
+
+    id = "random-edits"
+
+    def __init__(self) -> None:
+        self.edits: list[tuple[Any, ...]] = []
+        self.in_before_send = False
+
+    def _apply(self, messages: MessageList) -> None:
+        for kind, where, text in self.edits:
+            size = len(messages)
+            if kind == "append":
+                messages.append({"role": "user", "content": text})
+            elif kind == "remind":
+                append_system_reminder(messages, text, "test-reminder")
+            elif kind == "replace":
+                messages[where % size] = {**messages[where % size], "content": text}
+            elif kind == "edit":
+                messages[where % size]["content"] = text
+            elif kind == "delete" and size > 1:
+                del messages[where % size]
+            elif kind == "insert":
+                messages.insert(where % (size + 1), {"role": "assistant", "content": text})
+
+    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
+        if self.in_before_send:
+            self._apply(messages)
+
+    def process_api_error(
+        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        if retry_count or self.in_before_send:
+            return None
+        self._apply(messages)
+        return ProcessAPIErrorResult(retry=True)
+
+
+_WORD = st.text(alphabet="abcdefgh", min_size=1, max_size=6)
+_EDIT = st.tuples(
+    st.sampled_from(["append", "remind", "replace", "edit", "delete", "insert"]),
+    st.integers(0, 40),
+    _WORD,
+)
+_TURN = st.tuples(
+    st.none() | _WORD,  # the new input, or none: reply again
+    st.sampled_from([None, "error", "before_send"]),  # where the processor edits, if at all
+    st.lists(_EDIT, max_size=4),
+)
+
+
+@pytest.fixture(scope="module")
+def thread_emulator() -> Iterator[AnthropicEmulator]:
+    """One emulator for all of the property test's examples (each resets it)."""
+    with AnthropicEmulator() as emulator:
+        yield emulator
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@settings(max_examples=40, deadline=None)
+@given(turns=st.lists(_TURN, min_size=1, max_size=4))
+def test_a_thread_stores_exactly_what_each_successful_request_sent_plus_the_reply(
+    thread_emulator: AnthropicEmulator,
+    tmp_path_factory: pytest.TempPathFactory,
+    kind: str,
+    turns: list[tuple[Any, ...]],
+) -> None:
+    """Property: whatever processors append, replace, edit or delete, after every run the
+    stored thread is the history the successful request sent plus the reply (raw: the
+    run's own messages, hidden metadata included), each message once, in order."""
+    thread_emulator.reset()
+    editor = _RandomEdits()
+    path = tmp_path_factory.mktemp("threads") / "t.db"
+    with (
+        MemoryStore() if kind == "memory" else SQLiteStore(path) as store,
+        thread_emulator.client() as client,
+    ):
+        agent = Agent(HAIKU, client=client, store=store, error_processors=[editor])
+        for number, (text, where, edits) in enumerate(turns):
+            editor.edits = edits
+            editor.in_before_send = where == "before_send"
+            if where == "error":
+                thread_emulator.script(Fault(400))
+            result = agent.generate(text if number else (text or "start"), thread_id="t")
+            stored = store.load("t")
+            assert stored.to_api() == _sent_then_reply(thread_emulator)
+            assert list(stored) == list(result.messages)

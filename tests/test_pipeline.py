@@ -243,6 +243,12 @@ def test_negative_cap_is_refused() -> None:
         Pipeline(max_processor_retries=-1)
 
 
+def test_a_bool_cap_is_refused() -> None:
+    """True is not a number of retries, though Python counts it as the int 1."""
+    with pytest.raises(ValueError, match="max_processor_retries must be an int >= 0, got True"):
+        Pipeline(max_processor_retries=True)
+
+
 class HalfRepair:
     """Edits everything it can reach, then declines (or raises, or returns junk)."""
 

@@ -37,6 +37,8 @@ ENDS_WITH_ASSISTANT = [
 PREFILL_400 = Fault(
     400, {"type": "error", "error": {"type": "invalid_request_error", "message": PREFILL_MESSAGE}}
 )
+REMINDER_ON_WIRE = {"role": "user", "content": "<system-reminder>continue</system-reminder>"}
+REPLY_ON_WIRE = {"role": "assistant", "content": [{"type": "text", "text": DEFAULT_REPLY_TEXT}]}
 REPLY_CHUNKS = ["Hello ", "from ", "the "]  # the first deltas of DEFAULT_REPLY_TEXT
 
 
@@ -270,42 +272,78 @@ async def test_dropped_connection_after_content_is_not_retried(harness: Harness)
     assert_invariants(conversation, USER_ONLY, ok=False)
 
 
-@pytest.mark.parametrize("driver", ["agenerate", "astream"])
-async def test_cancelling_during_backoff_leaves_no_task_and_a_consistent_history(
-    anthropic_emulator: Any, driver: str
+async def _cancel_while_waiting_to_retry(
+    client: anthropic.AsyncAnthropic, driver: str, conversation: MessageList, **kwargs: Any
 ) -> None:
-    """Cancel agenerate / astream while it waits to retry a 529: no stray task, history as
-    it was."""
+    """Run agenerate / astream until it sleeps before a retry, cancel it there, and check
+    that the caller gets CancelledError and no task is left behind."""
     from prefill_guard import Agent
 
-    anthropic_emulator.script(Fault(529, headers={"retry-after": "30"}))
     waiting = asyncio.Event()
 
     async def sleep_forever(seconds: float) -> None:
         waiting.set()
         await asyncio.Event().wait()
 
-    conversation = MessageList(USER_ONLY)
+    agent = Agent("claude-opus-4-6", client=client, sleep=sleep_forever, **kwargs)
 
-    async def run(agent: Agent) -> None:
+    async def run() -> None:
         if driver == "agenerate":
             await agent.agenerate(conversation)
             return
         async with agent.astream(conversation) as stream:
             await stream.get_final_message()
 
+    before = set(asyncio.all_tasks())
+    task = asyncio.create_task(run())
+    await waiting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
+    assert set(asyncio.all_tasks()) == before
+
+
+@pytest.mark.parametrize("driver", ["agenerate", "astream"])
+async def test_cancelling_during_backoff_leaves_no_task_and_a_consistent_history(
+    anthropic_emulator: Any, driver: str
+) -> None:
+    """Cancel agenerate / astream while it waits to retry a 529: no stray task, history as
+    it was."""
+    anthropic_emulator.script(Fault(529, headers={"retry-after": "30"}))
+    conversation = MessageList(USER_ONLY)
     async with anthropic_emulator.async_client() as client:
-        agent = Agent("claude-opus-4-6", client=client, sleep=sleep_forever)
-        before = set(asyncio.all_tasks())
-        task = asyncio.create_task(run(agent))
-        await waiting.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        await asyncio.sleep(0)
-        assert set(asyncio.all_tasks()) == before
+        await _cancel_while_waiting_to_retry(client, driver, conversation)
     assert len(anthropic_emulator.message_requests) == 1
     assert conversation.to_api() == USER_ONLY
+
+
+@pytest.mark.parametrize("driver", ["agenerate", "astream"])
+async def test_cancelling_after_a_repair_keeps_the_repair_and_adds_no_reply(
+    anthropic_emulator: Any, driver: str
+) -> None:
+    """Cancel while waiting to retry a 529 that followed a prefill repair: the MessageList
+    keeps the hidden reminder (the rule of docs/retries.md: repairs stay, a reply never comes
+    without success), so the next call sends a valid request at once."""
+    from prefill_guard import Agent
+
+    anthropic_emulator.script(
+        Fault(529, headers={"retry-after": "30"}),
+        when=lambda request: request.body["messages"][-1]["role"] == "user",
+    )
+    conversation = MessageList(ENDS_WITH_ASSISTANT)
+    processors = [PrefillErrorHandler()]
+    async with anthropic_emulator.async_client() as client:
+        await _cancel_while_waiting_to_retry(
+            client, driver, conversation, error_processors=processors
+        )
+        assert len(anthropic_emulator.message_requests) == 2
+        assert conversation.to_api() == [*ENDS_WITH_ASSISTANT, REMINDER_ON_WIRE]
+        assert is_system_reminder(conversation[-1])
+        again = Agent("claude-opus-4-6", client=client, error_processors=processors)
+        result = await again.agenerate(conversation)
+    assert [a.error for a in result.attempts] == [None]
+    assert conversation.to_api() == [*ENDS_WITH_ASSISTANT, REMINDER_ON_WIRE, REPLY_ON_WIRE]
 
 
 async def test_exhausted_disconnects_reach_the_processors_as_api_errors(harness: Harness) -> None:

@@ -106,7 +106,11 @@ def test_backoff_is_exponential_with_jitter() -> None:
     ("kwargs", "text"),
     [
         ({"max_retries": -1}, "max_retries must be an int >= 0"),
+        ({"max_retries": True}, "max_retries must be an int >= 0, got True"),
         ({"max_retry_delay": -1}, "max_retry_delay must be >= 0"),
+        ({"max_retry_delay": float("nan")}, "max_retry_delay must be >= 0 seconds (a finite"),
+        ({"max_retry_delay": float("inf")}, "max_retry_delay must be >= 0 seconds (a finite"),
+        ({"max_retry_delay": True}, "max_retry_delay must be >= 0"),
         ({"on_retry": ["nope"]}, "on_retry[0]: 'nope' is not callable"),
         ({"sleep": 5}, "sleep must be callable"),
     ],

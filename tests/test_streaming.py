@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anthropic
 import pytest
 
-from prefill_guard import Agent, MessageList, PrefillErrorHandler, ProcessAPIErrorResult
+from prefill_guard import (
+    Agent,
+    MessageList,
+    PrefillErrorHandler,
+    ProcessAPIErrorResult,
+    partial_text,
+)
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator, Fault
 
 from .conftest import AsyncPrefillRepair
@@ -183,3 +190,81 @@ def test_streamed_attempts_record_the_request_id(anthropic_emulator: AnthropicEm
     request_id = stream.result.attempts[-1].request_id
     assert request_id is not None
     assert request_id.startswith("req_")
+
+
+def _sse(*events: dict[str, Any]) -> bytes:
+    return b"".join(
+        f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode() for event in events
+    )
+
+
+_START = {
+    "type": "message_start",
+    "message": {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": MODEL,
+        "content": [],
+        "stop_reason": None,
+        "usage": {"input_tokens": 1, "output_tokens": 1},
+    },
+}
+_BLOCK = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+_DELTA = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}
+SSE = {"content-type": "text/event-stream"}
+_BAD_BODIES = {
+    "malformed-json": _sse(_START) + b"event: content_block_start\ndata: {oops\n\n",
+    "invalid-utf8": _sse(_START) + b'event: ping\ndata: {"type": "ping", "x": "\xff"}\n\n',
+}
+
+
+async def _stream_text(emulator: AnthropicEmulator, driver: str, **kwargs: Any) -> str:
+    if driver == "stream":
+        with emulator.client() as client:
+            agent = Agent(MODEL, client=client, **kwargs)
+            with agent.stream("hi") as stream:
+                return "".join(stream.text_stream)
+    async with (
+        emulator.async_client() as aclient,
+        Agent(MODEL, client=aclient, **kwargs).astream("hi") as astream,
+    ):
+        return "".join([text async for text in astream.text_stream])
+
+
+@pytest.mark.parametrize("driver", ["stream", "astream"])
+async def test_a_content_encoding_failure_before_content_is_retried(
+    anthropic_emulator: AnthropicEmulator, driver: str
+) -> None:
+    """A body that lies about being gzip: an APIConnectionError (raw httpx2.DecodingError
+    before), retried as generate retries it; the consumer sees only the good reply."""
+    anthropic_emulator.script(
+        Fault(200, body=_sse(_START), headers={**SSE, "content-encoding": "gzip"})
+    )
+    text = await _stream_text(anthropic_emulator, driver, sleep=lambda _: None)
+    assert text == DEFAULT_REPLY_TEXT
+    assert len(anthropic_emulator.message_requests) == 2
+
+
+@pytest.mark.parametrize("driver", ["stream", "astream"])
+@pytest.mark.parametrize("fault", sorted(_BAD_BODIES))
+async def test_events_that_are_not_json_text_are_the_sdks_validation_error(
+    anthropic_emulator: AnthropicEmulator, driver: str, fault: str
+) -> None:
+    """Malformed JSON or invalid UTF-8 in an event: APIResponseValidationError (raw
+    JSONDecodeError / UnicodeDecodeError before), as for the same body without a stream."""
+    anthropic_emulator.script(Fault(200, body=_BAD_BODIES[fault], headers=SSE))
+    with pytest.raises(anthropic.APIResponseValidationError, match="not valid JSON text"):
+        await _stream_text(anthropic_emulator, driver)
+    assert len(anthropic_emulator.message_requests) == 1
+
+
+async def test_a_bad_event_after_content_keeps_the_partial_text_on_the_error(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """After content has reached the consumer: the converted error, the text so far on it."""
+    body = _sse(_START, _BLOCK, _DELTA) + b"event: content_block_delta\ndata: {oops\n\n"
+    anthropic_emulator.script(Fault(200, body=body, headers=SSE))
+    with pytest.raises(anthropic.APIResponseValidationError) as info:
+        await _stream_text(anthropic_emulator, "stream")
+    assert partial_text(info.value) == "Hi"
