@@ -19,7 +19,9 @@ Validation order (the first failing check answers, as the API reports one error 
 2. request-parameter rules: ``sampling_deprecated``, ``temperature_top_p``,
    ``thinking_enabled`` (plus the adaptive-thinking and effort shapes), ``forced_tool_choice``;
 3. conversation rules, message by message: ``orphaned_tool_use``, then empty content and
-   ``blank_text``, then ``prefill`` and ``trailing_whitespace`` for a final assistant message;
+   ``blank_text``, then ``prefill`` and ``trailing_whitespace`` for a final assistant message
+   (``prefill`` not for a request that continues server-side state, as the API allows: see
+   `prefill_guard.models.continues_server_state`);
 4. the prompt length (``max_input_tokens``).
 """
 
@@ -47,6 +49,8 @@ from urllib.parse import unquote, urlsplit
 
 import anthropic
 import httpx2
+
+from . import models
 
 __all__ = [
     "DEFAULT_REPLY_TEXT",
@@ -177,11 +181,6 @@ def _messages_route(method: str, path: str) -> tuple[str | None] | None:
 _MAX_BODY_BYTES: Final[int] = 32 * 1024 * 1024  # the real API's request-size limit
 _ID_ALPHABET: Final[str] = string.ascii_letters + string.digits
 
-# claude-<family>-<major>[-<minor>][-YYYYMMDD]; the minor is one or two digits so that a date
-# suffix right after the major ("claude-opus-4-20250514") is not read as a minor version.
-_MODEL_RE: Final[re.Pattern[str]] = re.compile(
-    r"claude-(?P<family>[a-z]+)-(?P<major>\d{1,2})(?:-(?P<minor>\d{1,2}))?(?:-\d{8})?"
-)
 _DATED_NAME_RE: Final[re.Pattern[str]] = re.compile(r"(?P<base>.+)-\d{8}")
 
 _ERROR_TYPES: Final[Mapping[int, tuple[str, str]]] = {
@@ -215,63 +214,13 @@ _CHUNK_RE: Final[re.Pattern[str]] = re.compile(r"\s*\S+\s*|\s+")
 _STALL_POLL_SECONDS: Final[float] = 0.05  # how often a stall checks whether its client went away
 
 
-def model_rejects_prefill(model: str) -> bool:
-    """Default emulator rule: True for the Claude 4.6-and-later families.
-
-    Names shaped ``claude-<family>-<major>[-<minor>][-YYYYMMDD]`` (also in their Bedrock and
-    Vertex spellings) are compared by ``(major, minor) >= (4, 6)``; old-style names
-    (``claude-3-5-sonnet-...``) and unknown shapes are False.
-    """
-    version = _model_version(model)
-    return version is not None and version[1:] >= (4, 6)
-
-
-# Bedrock: [region.]anthropic.<name>-v1[:0]; Vertex: <name>@YYYYMMDD.
-_PLATFORM_SPELLING: Final[re.Pattern[str]] = re.compile(
-    r"(?:[a-z]+\.)?anthropic\.(?P<bedrock>.+?)(?:-v\d+(?::\d+)?)?|(?P<vertex>.+)@\d{8}"
-)
-
-
-def _model_version(model: str) -> tuple[str, int, int] | None:
-    """``(family, major, minor)`` for a ``claude-<family>-<major>[-<minor>]`` name, else None."""
-    name = model.strip().lower()
-    platform = _PLATFORM_SPELLING.fullmatch(name)
-    if platform is not None:
-        name = platform["bedrock"] or platform["vertex"]
-    match = _MODEL_RE.fullmatch(name)
-    if match is None:
-        return None
-    minor = int(match["minor"]) if match["minor"] is not None else 0
-    return match["family"], int(match["major"]), minor
-
-
-def model_rejects_temperature_with_top_p(model: str) -> bool:
-    """Default rule ``temperature_top_p``: Sonnet/Haiku 4.5 and later, every family from 4.6."""
-    version = _model_version(model)
-    if version is None:
-        return False
-    family, major, minor = version
-    return (major, minor) >= ((4, 5) if family in ("sonnet", "haiku") else (4, 6))
-
-
-def model_deprecates_sampling(model: str) -> bool:
-    """Default rule ``sampling_deprecated``: Opus 4.7 and later."""
-    version = _model_version(model)
-    return version is not None and version[0] == "opus" and version[1:] >= (4, 7)
-
-
-def model_rejects_enabled_thinking(model: str) -> bool:
-    """Default rule ``thinking_enabled``: Opus 4.7 and later."""
-    return model_deprecates_sampling(model)
-
-
-def model_rejects_forced_tool_choice(model: str) -> bool:
-    """Default rule ``forced_tool_choice``: the 5-5 generation on, and the Fable/Mythos families."""
-    version = _model_version(model)
-    if version is None:
-        return False
-    family, major, minor = version
-    return family in ("fable", "mythos") or (major, minor) >= (5, 5)
+model_rejects_prefill = models.rejects_prefill
+model_rejects_temperature_with_top_p = models.rejects_temperature_with_top_p
+model_deprecates_sampling = models.deprecates_sampling
+model_rejects_enabled_thinking = models.rejects_enabled_thinking
+model_rejects_forced_tool_choice = models.rejects_forced_tool_choice
+# The emulator's default rules are the model table's (prefill_guard.models), under the names
+# this module has always given them.
 
 
 def _every_model(model: str) -> bool:
@@ -1035,8 +984,8 @@ class AnthropicEmulator:
         system prompt) answers longer prompts with the API's "prompt is too long" 400.
         """
         compiled = dict(DEFAULT_RULES)
-        for name, models in (rules or {}).items():
-            compiled[name] = _compile_rule(name, models)
+        for name, applies_to in (rules or {}).items():
+            compiled[name] = _compile_rule(name, applies_to)
         if no_prefill_models is not None:
             if rules is not None and "prefill" in rules:
                 raise ValueError("give no_prefill_models or rules['prefill'], not both")
@@ -1363,7 +1312,7 @@ class AnthropicEmulator:
             if blank_text_rule and _has_blank_text(message["content"]):
                 raise _Reject(400, WHITESPACE_TEXT_MESSAGE)
         if ends_with_assistant:
-            if self.rejects_prefill(model):
+            if self.rejects_prefill(model) and not models.continues_server_state(messages, body):
                 raise _Reject(400, PREFILL_MESSAGE)
             final_text = _final_text(last["content"])
             if (
