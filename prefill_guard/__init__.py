@@ -5,7 +5,7 @@ and ask for a retry; the built-in :class:`PrefillErrorHandler` answers the "assi
 prefill" 400 of Claude 4.6 and later models.
 """
 
-from .adaptive import BUILTIN_NO_PREFILL_FAMILIES, AdaptivePrefillGuard, PrefillKnowledge
+from .adaptive import AdaptivePrefillGuard, PrefillKnowledge, shared_knowledge
 from .agent import Agent, AnthropicClient
 from .errors import api_error_type, api_message
 from .messages import SYSTEM_REMINDER_KEY, MessageList, RawMessage, is_system_reminder
@@ -40,7 +40,6 @@ from .stores import MemoryStore, SQLiteStore, StoreError, ThreadStore
 from .streaming import AgentStream, AsyncAgentStream, partial_text
 
 __all__ = [
-    "BUILTIN_NO_PREFILL_FAMILIES",
     "PREFILL_REMINDER_TYPE",
     "SAMPLING_PARAMETERS",
     "SYSTEM_REMINDER_KEY",
@@ -90,6 +89,7 @@ __all__ = [
     "partial_text",
     "request_param",
     "set_request_param",
+    "shared_knowledge",
     "uninstall",
 ]
 

@@ -2,10 +2,12 @@
 
 :class:`PrefillErrorHandler` is purely reactive: every conversation that ends with an assistant
 turn costs a rejected request first. :class:`AdaptivePrefillGuard` adds the same hidden reminder
-*before* the request is sent when the model is known not to accept prefill. Known means: a
-built-in list of the no-prefill families, plus every model that rejected prefill while this
-guard watched, plus any the user configures. A wrong entry costs one harmless reminder, never a
-failure, and a model that accepts prefill is never touched unless someone lists it.
+*before* the request is sent when the model is known not to accept prefill. Known means: the
+model table's version rule (:mod:`prefill_guard.models`: Claude 4.6 and later), plus every
+model that rejected prefill in this process, plus any the user configures. A wrong entry costs
+one harmless reminder, never a failure; a model that accepts prefill is never touched unless
+someone lists it; and a request that continues server-side state (a refusal fallback's credit
+token, a server-side thread, a compaction) is never touched at all.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Iterable
 from anthropic import APIError
 
 from .messages import MessageList
+from .models import continues_server_state, rejects_prefill
 from .processors import (
     PREFILL_REMINDER_TYPE,
     ProcessAPIErrorResult,
@@ -28,46 +31,32 @@ from .processors import (
     only_on_prefill,
 )
 
-__all__ = ["BUILTIN_NO_PREFILL_FAMILIES", "AdaptivePrefillGuard", "PrefillKnowledge"]
+__all__ = ["AdaptivePrefillGuard", "PrefillKnowledge", "shared_knowledge"]
 
 logger = logging.getLogger("prefill_guard")
 
-BUILTIN_NO_PREFILL_FAMILIES: tuple[str, ...] = (
-    "claude-opus-4-6",
-    "claude-opus-4-7",
-    "claude-opus-4-8",
-    "claude-sonnet-4-6",
-    "claude-opus-5",
-    "claude-sonnet-5",
-    "claude-haiku-5",
-    "claude-mythos-5",
-)
-"""Model-name fragments of the families known to reject prefill (Claude 4.6 and later).
-
-Matched as substrings of the lower-cased model id, so dated names and Bedrock / Vertex ids
-(``anthropic.claude-opus-4-6-v1:0``, ``claude-opus-4-6@20260101``) match too. Models released
-later are learned from their first rejection."""
-
 
 class PrefillKnowledge:
-    """Which models reject assistant prefill: built-in families, learned and configured ones.
+    """Which models reject assistant prefill: the model table's rule, learned and configured ones.
 
     Thread-safe. ``export()`` gives the learned and configured names so that a later process can
-    start with them (``preload()``).
+    start with them (``preload()``). Unless told otherwise, every guard of a process shares one
+    of these (:func:`shared_knowledge`), so a model learned by one client or Agent costs no
+    failed request on another.
     """
 
     __slots__ = ("_builtin", "_lock", "_models")
 
     def __init__(self, models: Iterable[str] = (), *, builtin: bool = True) -> None:
-        self._builtin = BUILTIN_NO_PREFILL_FAMILIES if builtin else ()
+        self._builtin = builtin
         self._lock = threading.Lock()
         self._models: set[str] = set()
         self.preload(models)
 
     def rejects_prefill(self, model: str) -> bool:
-        """Whether ``model`` is known not to accept a conversation ending with an assistant turn."""
-        lowered = model.lower()
-        if any(family in lowered for family in self._builtin):
+        """Whether ``model`` is known not to accept a conversation ending with an assistant turn:
+        by the model table's version rule (``prefill_guard.models``), or learned, or configured."""
+        if self._builtin and rejects_prefill(model):
             return True
         with self._lock:
             return model in self._models
@@ -93,9 +82,23 @@ class PrefillKnowledge:
             self._models.update(names)
 
     def export(self) -> list[str]:
-        """The learned and configured model names, sorted (the built-in list is not included)."""
+        """The learned and configured model names, sorted (the model table's rule is not)."""
         with self._lock:
             return sorted(self._models)
+
+    def clear(self) -> None:
+        """Forget every learned and configured name (the model table's rule stays)."""
+        with self._lock:
+            self._models.clear()
+
+
+_SHARED = PrefillKnowledge()
+
+
+def shared_knowledge() -> PrefillKnowledge:
+    """The process-wide knowledge that every guard uses unless given its own: the one piece of
+    learned state a process shares (thread-safe). ``shared_knowledge().clear()`` resets it."""
+    return _SHARED
 
 
 class AdaptivePrefillGuard:
@@ -111,18 +114,20 @@ class AdaptivePrefillGuard:
     name = "Adaptive Prefill Guard"
 
     def __init__(self, knowledge: PrefillKnowledge | None = None) -> None:
-        self.knowledge = knowledge if knowledge is not None else PrefillKnowledge()
+        self.knowledge = knowledge if knowledge is not None else shared_knowledge()
 
     @appends_only  # so the pipeline need not copy the conversation before every request
     @only_on_prefill  # so a request that ends with a user turn skips it (and all the work for it)
     def before_send(self, *, messages: MessageList, params: RequestParams) -> None:
-        """Append the reminder if the conversation ends with an assistant turn and the model
-        is known to reject prefill (after a ``tool_use``, it answers the calls first)."""
+        """Append the reminder if the conversation ends with an assistant turn, the model is
+        known to reject prefill, and the request continues no server-side state (see
+        :func:`~prefill_guard.models.continues_server_state`); after a ``tool_use``, it
+        answers the calls first."""
         last = messages.last
         model = params.get("model")
         if last is None or last["role"] != "assistant" or not isinstance(model, str):
             return
-        if self.knowledge.rejects_prefill(model):
+        if self.knowledge.rejects_prefill(model) and not continues_server_state(messages, params):
             append_system_reminder(messages, "continue", PREFILL_REMINDER_TYPE)
 
     @changes_only_on_retry  # it only learns; it never changes the request

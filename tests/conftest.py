@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -18,8 +18,9 @@ from prefill_guard import (
     ProcessAPIErrorResult,
     RetryDetails,
     RunResult,
+    shared_knowledge,
 )
-from prefill_guard.testing import AnthropicEmulator
+from prefill_guard.testing import DEFAULT_RULES, AnthropicEmulator
 
 DRIVERS = ("generate", "agenerate", "stream", "astream")
 
@@ -35,6 +36,25 @@ def require(module: str) -> ModuleType:
         return importlib.import_module(module)
     imported: ModuleType = pytest.importorskip(module)
     return imported
+
+
+@pytest.fixture(autouse=True)
+def _fresh_shared_knowledge() -> Iterator[None]:
+    """Each test starts with a process that has learned nothing (what guards learn is shared
+    by the whole process, so one test's learning would otherwise reach the next)."""
+    shared_knowledge().clear()
+    yield
+    shared_knowledge().clear()
+
+
+def treat_like(emulator: AnthropicEmulator, aliases: dict[str, str]) -> None:
+    """Make ``emulator`` apply every rule of each model in ``aliases`` to its alias too.
+
+    For models the adaptive guard cannot know: an alias (a gateway's name, a fine-tune's) whose
+    version the model table cannot read, standing for a model that rejects prefill.
+    """
+    for name, rule in DEFAULT_RULES.items():
+        emulator.set_rule(name, lambda seen, rule=rule: rule(aliases.get(seen, seen)))
 
 
 class SwitchModel:

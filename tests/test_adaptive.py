@@ -13,9 +13,11 @@ from prefill_guard import (
     MessageList,
     PrefillErrorHandler,
     PrefillKnowledge,
+    default_processors,
     guard,
+    shared_knowledge,
 )
-from prefill_guard.testing import AnthropicEmulator
+from prefill_guard.testing import PREFILL_MESSAGE, AnthropicEmulator, Fault
 
 REMINDER_ON_WIRE = {"role": "user", "content": "<system-reminder>continue</system-reminder>"}
 
@@ -207,3 +209,97 @@ def anthropic_emulator_acme() -> Any:
     """An emulator on which only the made-up model 'acme-1' rejects prefill."""
     with AnthropicEmulator(no_prefill_models=["acme-1"]) as emulator:
         yield emulator
+
+
+def test_what_one_guard_learns_every_guard_of_the_process_knows(
+    anthropic_emulator_acme: Any,
+) -> None:
+    """Three clients, each guarded on its own, and an Agent: a model outside the table costs
+    one failed request in the whole process, not one per client (5 requests, not 8)."""
+    emulator: AnthropicEmulator = anthropic_emulator_acme
+    with emulator.client() as client:
+        for i in range(3):
+            guard(client).messages.create(
+                model="acme-1", max_tokens=16, messages=_ends_with_assistant(i)
+            )
+        Agent("acme-1", client=client, error_processors=default_processors()).generate(
+            _ends_with_assistant(3)
+        )
+    assert len(emulator.message_requests) == 5
+    assert shared_knowledge().export() == ["acme-1"]
+
+
+def test_an_explicit_knowledge_object_is_still_its_own(anthropic_emulator_acme: Any) -> None:
+    """A guard given its own PrefillKnowledge learns there, and the process does not."""
+    emulator: AnthropicEmulator = anthropic_emulator_acme
+    own = PrefillKnowledge()
+    with emulator.client() as client:
+        guarded = guard(client, [AdaptivePrefillGuard(own), PrefillErrorHandler()])
+        guarded.messages.create(model="acme-1", max_tokens=16, messages=_ends_with_assistant())
+    assert own.export() == ["acme-1"]
+    assert shared_knowledge().export() == []
+
+
+_TOKEN = {"fallback_credit_token": "fct_abc"}
+_THREAD = {"thread": {"type": "continue", "previous_message_id": "msg_01"}}
+_COMPACTION = [{"role": "assistant", "content": [{"type": "compaction", "content": "so far"}]}]
+
+
+@pytest.mark.parametrize(
+    ("messages", "extra"),
+    [
+        (_ends_with_assistant(), _TOKEN),
+        (_ends_with_assistant(), _THREAD),
+        (_COMPACTION, {}),
+    ],
+    ids=["fallback-credit-token", "server-thread", "compaction"],
+)
+def test_a_server_state_continuation_goes_out_as_built(
+    anthropic_emulator: AnthropicEmulator, messages: list[Any], extra: dict[str, Any]
+) -> None:
+    """A request the API authorises to end with an assistant turn is sent exactly as the
+    caller built it, also for a model known to reject prefill (before, the reminder was
+    added and one message too many went out)."""
+    with anthropic_emulator.client() as client:
+        guard(client).beta.messages.create(
+            model="claude-opus-4-8", max_tokens=16, messages=messages, extra_body=extra
+        )
+    (sent,) = anthropic_emulator.message_requests
+    assert sent.body["messages"] == messages
+    assert {key: sent.body[key] for key in extra} == extra
+
+
+def test_a_real_rejection_of_a_continuation_is_still_repaired(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """The proactive half leaves the request alone; if the API rejects it anyway, the
+    reactive handler still repairs it."""
+    anthropic_emulator.script(
+        Fault(
+            400,
+            {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": PREFILL_MESSAGE},
+            },
+        )
+    )
+    with anthropic_emulator.client() as client:
+        guard(client).beta.messages.create(
+            model="claude-opus-4-8",
+            max_tokens=16,
+            messages=_ends_with_assistant(),
+            extra_body=_TOKEN,
+        )
+    first, second = (r.body["messages"] for r in anthropic_emulator.message_requests)
+    assert first == _ends_with_assistant()
+    assert second == [*_ends_with_assistant(), REMINDER_ON_WIRE]
+
+
+def test_the_agent_leaves_a_continuation_alone_too(anthropic_emulator: AnthropicEmulator) -> None:
+    """Through the Agent (fields the SDK does not know go in extra_body): one request, as built."""
+    with anthropic_emulator.client() as client:
+        agent = Agent("claude-opus-4-8", client=client, extra_body=_THREAD)
+        agent.generate(_ends_with_assistant())
+    assert [r.body["messages"] for r in anthropic_emulator.message_requests] == [
+        _ends_with_assistant()
+    ]

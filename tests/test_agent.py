@@ -17,6 +17,7 @@ from prefill_guard import (
     ProcessAPIErrorResult,
     RunResult,
     default_processors,
+    shared_knowledge,
 )
 from prefill_guard import agent as agent_module
 from prefill_guard import pipeline as pipeline_module
@@ -463,6 +464,7 @@ async def _run_scenario(
     """Everything observable about one run: the outcome, the records, the hooks, the wire."""
     model, messages, faults, _ = SCENARIOS[scenario]
     emulator.reset()
+    shared_knowledge().clear()  # each run starts as a new process would
     emulator.script(*faults)
     waits: list[float] = []
     retries: list[Any] = []

@@ -55,13 +55,24 @@ from prefill_guard.testing import (
     orphaned_tool_use_message,
 )
 
-from .conftest import Harness
+from .conftest import Harness, treat_like
 
 RETRY = ProcessAPIErrorResult(retry=True)
-UNKNOWN_OPUS = "claude-opus-6-1"
-"""Rejects prefill like every family from 4.6 (emulator default), follows Opus 4.7's rules, and
-is not yet in the adaptive guard's built-in list: every prefill repair is reactive."""
-UNKNOWN_SONNET = "claude-sonnet-6-0"
+UNKNOWN_OPUS = "acme-opus"
+"""An alias (a gateway's, a fine-tune's) for an Opus 4.7-class model: the emulator applies Opus
+4.7's rules to it (prefill, sampling, thinking), and the model table cannot read its version, so
+the adaptive guard does not know it: every prefill repair is reactive."""
+UNKNOWN_SONNET = "acme-sonnet"
+"""Likewise, for a Sonnet 4.6-class model (prefill; temperature beside top_p)."""
+
+
+@pytest.fixture(autouse=True)
+def _unknown_aliases(anthropic_emulator: AnthropicEmulator) -> None:
+    treat_like(
+        anthropic_emulator, {UNKNOWN_OPUS: "claude-opus-4-7", UNKNOWN_SONNET: "claude-sonnet-4-6"}
+    )
+
+
 OTHER_400 = make_api_error(400, "max_tokens: Field required")
 FACTS_ORPHAN_TEXT = (
     "messages.1: tool_use ids were found without tool_result blocks immediately after: toolu_1"

@@ -26,7 +26,7 @@ from prefill_guard.testing import (
     prompt_too_long_message,
 )
 
-from .conftest import Harness
+from .conftest import Harness, treat_like
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "processors.md"
 TEXT = GUIDE.read_text(encoding="utf-8")
@@ -115,9 +115,10 @@ async def test_async_processor_example(anthropic_emulator: AnthropicEmulator) ->
     counter = run_example("async-processor")["AsyncErrorCounter"]()
     conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]
     anthropic_emulator.script(Fault(529))
+    treat_like(anthropic_emulator, {"acme-opus": "claude-opus-4-6"})
     async with anthropic_emulator.async_client() as client:
         agent = Agent(
-            "claude-opus-6-1",  # rejects prefill; not yet known to the adaptive guard
+            "acme-opus",  # rejects prefill; an alias the adaptive guard cannot know
             client=client,
             error_processors=[counter, *default_processors()],
             max_retries=0,
