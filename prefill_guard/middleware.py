@@ -85,8 +85,10 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         if begun is None:
             return call_next(request)
         request, generation = begun
-        response: APIResponse[Any] = call_next(request)
-        while not 200 <= response.http_response.status_code < 300:  # is_success, inlined
+        response = call_next(request)
+        # A low-level call (cast_to=httpx2.Response) gets the raw response back from the chain,
+        # which the SDK returns as it is, error status or not: so do we.
+        while isinstance(response, APIResponse) and not response.http_response.is_success:
             response.http_response.read()
             if _sdk_will_retry(request, response):
                 return response
@@ -107,8 +109,8 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         if begun is None:
             return await call_next(request)
         request, generation = begun
-        response: AsyncAPIResponse[Any] = await call_next(request)
-        while not 200 <= response.http_response.status_code < 300:  # is_success, inlined
+        response = await call_next(request)
+        while isinstance(response, AsyncAPIResponse) and not response.http_response.is_success:
             await response.http_response.aread()
             if _sdk_will_retry(request, response):
                 return response
@@ -194,6 +196,16 @@ def _has_guard(middleware: Iterable[object]) -> bool:
     return any(isinstance(entry, ErrorProcessorMiddleware) for entry in middleware)
 
 
+def _refuse_async_for_sync(middleware: ErrorProcessorMiddleware, what: str) -> None:
+    """A synchronous client cannot await an ``async def`` processor: say so up front."""
+    if middleware.pipeline.has_async_processor:
+        raise TypeError(
+            f"{what}: an async processor (async def process_api_error) cannot run in a "
+            "synchronous anthropic client; guard an async client (AsyncAnthropic) with it, "
+            "or use a synchronous processor"
+        )
+
+
 def guard(
     client: ClientT,
     processors: Iterable[AnyProcessor] | None = None,
@@ -202,15 +214,22 @@ def guard(
 ) -> ClientT:
     """A copy of ``client`` with :class:`ErrorProcessorMiddleware`; ``client`` stays untouched.
 
-    ``processors`` defaults to the recommended stack. A client that already has the middleware
-    is returned as it is, so guarding twice never doubles it.
+    ``processors`` defaults to the recommended stack. A client that already has a guard of its
+    own is returned as it is, so guarding twice never doubles it. A client that has the guard
+    :func:`install` gave it gets a guard of its own in that one's place, which stays when
+    :func:`uninstall` switches the installed one off. Async processors need an async client.
     """
     if not isinstance(client, (SyncAPIClient, AsyncAPIClient)):
         raise TypeError(f"guard() takes an anthropic client, got {type(client).__name__}")
-    if _has_guard(getattr(client, "_middleware", ())):
+    current = client.middleware
+    installed_now = _installed_middleware
+    if any(entry is not installed_now for entry in current if _has_guard([entry])):
         return client
     middleware = ErrorProcessorMiddleware(processors, max_processor_retries=max_processor_retries)
-    guarded: ClientT = client.with_middleware(middleware)  # type: ignore[union-attr]
+    if isinstance(client, SyncAPIClient):
+        _refuse_async_for_sync(middleware, "guard()")
+    others = [entry for entry in current if entry is not installed_now]
+    guarded: ClientT = client.copy(middleware=[*others, middleware])  # type: ignore[union-attr]
     return guarded
 
 
@@ -218,7 +237,8 @@ def guard(
 # The one piece of global state in the library: explicit, idempotent, thread-safe, reversible.
 _install_lock = threading.Lock()
 _installed_middleware: ErrorProcessorMiddleware | None = None
-_patched: dict[type, Callable[..., None] | None] = {}
+_patched: dict[type, tuple[Callable[..., None] | None, Callable[..., None]]] = {}
+"""Each patched class: the ``__init__`` it defined itself before (None: inherited), and ours."""
 
 
 def _client_classes() -> list[type]:
@@ -242,16 +262,15 @@ def _patch(cls: type) -> None:
     original: Callable[..., None] = cls.__init__  # type: ignore[misc]
 
     @functools.wraps(original)
-    def __init__(
-        self: Any, *args: Any, middleware: Iterable[Any] | None = None, **kwargs: Any
-    ) -> None:
-        entries = list(middleware or ())
+    def __init__(self: Any, *args: Any, middleware: Any = None, **kwargs: Any) -> None:
+        # Only a client that asks for no middleware gets the guard: an explicit list, also the
+        # one copy() and with_options() pass on, is kept exactly as it is.
         current = _installed_middleware
-        if current is not None and not _has_guard(entries):
-            entries.append(current)
-        original(self, *args, middleware=entries, **kwargs)
+        if middleware is None and current is not None:
+            middleware = [current]
+        original(self, *args, middleware=middleware, **kwargs)
 
-    _patched[cls] = cls.__dict__.get("__init__")
+    _patched[cls] = (cls.__dict__.get("__init__"), __init__)
     cls.__init__ = __init__  # type: ignore[misc]
 
 
@@ -263,9 +282,12 @@ def install(
     """Put the middleware into every anthropic client created from now on, sync and async.
 
     For frameworks that construct their own client (LangChain's ChatAnthropic does). Covers
-    the Anthropic, Bedrock and Vertex clients. Idempotent (a second call returns the installed
-    middleware), thread-safe, and reversed by :func:`uninstall`. A client that already has the
-    middleware (say from :func:`guard`) never gets a second one.
+    the Anthropic, Bedrock and Vertex clients. A client created with an explicit
+    ``middleware=`` list (also a copy, which passes its original's list on) gets exactly that
+    list; only clients that ask for none get the guard. Idempotent (a second call returns the
+    installed middleware), thread-safe, and reversed by :func:`uninstall`. Since it guards
+    synchronous clients too, async processors are refused: use :func:`guard` on async clients
+    for those.
     """
     global _installed_middleware
     with _install_lock:
@@ -274,6 +296,7 @@ def install(
         middleware = ErrorProcessorMiddleware(
             processors, max_processor_retries=max_processor_retries
         )
+        _refuse_async_for_sync(middleware, "install()")
         _installed_middleware = middleware
         for cls in _client_classes():
             _patch(cls)
@@ -282,19 +305,26 @@ def install(
 
 
 def uninstall() -> None:
-    """Undo :func:`install`: new clients get no middleware, and existing ones stop using it."""
+    """Undo :func:`install`: new clients get no middleware, and existing ones stop using it.
+
+    Only what install() did is undone: a constructor that another library wrapped after
+    install() keeps its wrapper (ours, inside it, then passes every call straight through),
+    and guards made by :func:`guard` stay on.
+    """
     global _installed_middleware
     with _install_lock:
         if _installed_middleware is None:
             return
         _installed_middleware.enabled = False
-        for cls, original in _patched.items():
+        _installed_middleware = None
+        for cls, (original, ours) in _patched.items():
+            if cls.__dict__.get("__init__") is not ours:
+                continue  # wrapped again by someone else: leave theirs in place
             if original is None:
                 del cls.__init__  # type: ignore[misc]
             else:
                 cls.__init__ = original  # type: ignore[misc]
         _patched.clear()
-        _installed_middleware = None
 
 
 def installed() -> ErrorProcessorMiddleware | None:

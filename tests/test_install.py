@@ -141,3 +141,91 @@ def test_uninstall_restores_the_original_constructors() -> None:
     assert constructors()["Anthropic"] is not before["Anthropic"]
     uninstall()
     assert constructors() == before
+
+
+class _Tagger(anthropic.Middleware):
+    """A do-nothing middleware of the caller's own."""
+
+    def handle(self, request: Any, call_next: Any) -> Any:
+        return call_next(request)
+
+
+def test_a_client_that_names_its_middleware_gets_exactly_that(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """With install() active, an explicit middleware= list (also through copy() and
+    with_options()) is kept exactly; only a client that asks for none gets the guard."""
+    middleware = install()
+    mine = _Tagger()
+    url = anthropic_emulator.base_url
+    with anthropic.Anthropic(api_key="k", base_url=url) as client:
+        assert client.middleware == (middleware,)
+        assert client.copy().middleware == (middleware,)
+        assert client.with_options(timeout=3).middleware == (middleware,)
+        assert client.copy(middleware=[]).middleware == ()
+        assert client.with_options(middleware=[mine]).middleware == (mine,)
+        with pytest.raises(anthropic.BadRequestError):  # no guard: the SDK's own behaviour
+            _create(client.copy(middleware=[]))
+    with anthropic.Anthropic(api_key="k", base_url=url, middleware=[mine]) as client:
+        assert client.middleware == (mine,)
+    with anthropic.Anthropic(api_key="k", base_url=url, middleware=[]) as client:
+        assert client.middleware == ()
+
+
+def test_uninstall_leaves_a_constructor_wrapped_after_install() -> None:
+    """Another library that wraps Anthropic.__init__ after install() keeps its wrapper when
+    uninstall() runs (before, uninstall() put back the constructor saved at install time,
+    dropping the wrapper); the clients made through it get no guard any more."""
+    original = vars(anthropic.Anthropic)["__init__"]
+    install()
+    ours = anthropic.Anthropic.__init__
+    calls: list[int] = []
+
+    def theirs(self: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        ours(self, *args, **kwargs)
+
+    anthropic.Anthropic.__init__ = theirs  # type: ignore[method-assign]
+    try:
+        uninstall()
+        assert anthropic.Anthropic.__init__ is theirs
+        with anthropic.Anthropic(api_key="k") as client:
+            assert client.middleware == ()
+        assert calls == [1]
+    finally:
+        anthropic.Anthropic.__init__ = original  # type: ignore[method-assign]
+
+
+def test_a_client_guarded_after_install_stays_guarded_after_uninstall(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """guard() of an installed-guard client gives it a guard of its own, which uninstall()
+    does not switch off (before, it returned the client, unguarded after uninstall)."""
+    install([PrefillErrorHandler()])
+    with anthropic.Anthropic(api_key="k", base_url=anthropic_emulator.base_url) as client:
+        guarded = guard(client, [PrefillErrorHandler()])
+        assert len(_ours(guarded)) == 1
+        assert _ours(guarded) != _ours(client)
+        uninstall()
+        assert _create(guarded).content[0].type == "text"
+        with pytest.raises(anthropic.BadRequestError):
+            _create(client)
+    assert len(anthropic_emulator.message_requests) == 3
+
+
+class _AsyncRepair:
+    id = "async-repair"
+
+    async def process_api_error(self, *, error: Any, messages: Any, retry_count: int) -> Any:
+        return None
+
+
+def test_async_processors_are_refused_for_sync_clients() -> None:
+    """guard(sync client) and install() (which guards sync clients too) refuse an async
+    processor up front; before, every API error of a sync client came out as a TypeError."""
+    with pytest.raises(TypeError, match=r"guard\(\): an async processor"):
+        guard(anthropic.Anthropic(api_key="k"), [_AsyncRepair()])
+    with pytest.raises(TypeError, match=r"install\(\): an async processor"):
+        install([_AsyncRepair()])
+    assert installed() is None
+    assert len(_ours(guard(anthropic.AsyncAnthropic(api_key="k"), [_AsyncRepair()]))) == 1

@@ -456,3 +456,66 @@ async def test_a_request_sent_as_it_came_is_repaired_from_the_body_it_was_sent_w
     assert requests[0].body == requests[1].body
     assert requests[1].body["messages"] == conversation
     assert requests[1].body["stop_sequences"] == ["END"]
+
+
+class _DoNothing(anthropic.Middleware):
+    """The control: a middleware that only calls on."""
+
+    def handle(self, request: Any, call_next: Any) -> Any:
+        return call_next(request)
+
+    async def handle_async(self, request: Any, call_next: Any) -> Any:
+        return await call_next(request)
+
+
+def _raw_clients(emulator: AnthropicEmulator, *, async_: bool) -> list[Any]:
+    """An Anthropic and a Vertex client (and, on anthropic 2.x, a Bedrock one) at the emulator."""
+    import inspect
+
+    made: list[Any] = [
+        (anthropic.AsyncAnthropic if async_ else anthropic.Anthropic)(
+            api_key="k", base_url=emulator.base_url, max_retries=0
+        ),
+        _vertex(emulator, async_=async_),
+    ]
+    bedrock = anthropic.AsyncAnthropicBedrock if async_ else anthropic.AnthropicBedrock
+    if "api_key" in inspect.signature(bedrock.__init__).parameters:
+        made.append(
+            bedrock(api_key="b", aws_region="us-east-1", base_url=emulator.base_url, max_retries=0)
+        )
+    return made
+
+
+@pytest.mark.parametrize("messages", [[{"role": "user", "content": "hi"}], ENDS_WITH_ASSISTANT])
+def test_a_raw_response_comes_back_as_the_sdk_gives_it(
+    anthropic_emulator: AnthropicEmulator, messages: list[Any]
+) -> None:
+    """client.post(..., cast_to=httpx2.Response) through a guarded Anthropic, Vertex or
+    Bedrock client: the raw response, exactly as through a do-nothing middleware (before:
+    AttributeError 'Response' object has no attribute 'http_response', even on a 200)."""
+    import httpx2
+
+    body = {"model": MODEL, "max_tokens": 16, "messages": messages}
+    for client in _raw_clients(anthropic_emulator, async_=False):
+        with client:
+            outcomes = []
+            for chained in (guard(client, REACTIVE), client.with_middleware(_DoNothing())):
+                response = chained.post("/v1/messages", cast_to=httpx2.Response, body=body)
+                assert isinstance(response, httpx2.Response)
+                outcomes.append(response.status_code)
+            assert outcomes[0] == outcomes[1] == (200 if len(messages) == 1 else 400)
+
+
+async def test_an_async_raw_response_comes_back_as_the_sdk_gives_it(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """The async twin, on the same three clients."""
+    import httpx2
+
+    body = {"model": MODEL, "max_tokens": 16, "messages": ENDS_WITH_ASSISTANT}
+    for client in _raw_clients(anthropic_emulator, async_=True):
+        async with client:
+            guarded = guard(client, REACTIVE)
+            response = await guarded.post("/v1/messages", cast_to=httpx2.Response, body=body)
+            assert isinstance(response, httpx2.Response)
+            assert response.status_code == 400
