@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from prefill_guard import PrefillErrorHandler, install, uninstall
-from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator
+from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator, Fault
 
 from .conftest import require
 
@@ -69,3 +69,25 @@ def test_stream_recovers_with_the_default_stack(anthropic_emulator: AnthropicEmu
     text = "".join(str(chunk.content) for chunk in _chat(anthropic_emulator).stream(CONVERSATION))
     assert text == DEFAULT_REPLY_TEXT
     assert len(anthropic_emulator.message_requests) == 1
+
+
+def test_install_does_not_multiply_retries(anthropic_emulator: AnthropicEmulator) -> None:
+    """Under a persistent 529, ChatAnthropic(max_retries=2) makes 3 requests with or without
+    the guard: the middleware leaves transient errors to the SDK's own retry loop."""
+    counts = []
+    for guarded in (False, True):
+        if guarded:
+            install()
+        anthropic_emulator.reset()
+        anthropic_emulator.script(*[Fault(529, headers={"retry-after-ms": "1"})] * 10)
+        chat = ChatAnthropic(  # type: ignore[call-arg]
+            model="claude-opus-4-6",
+            api_key=SecretStr("k"),
+            base_url=anthropic_emulator.base_url,
+            max_retries=2,
+            max_tokens=64,
+        )
+        with pytest.raises(Exception, match=r"(?i)overloaded"):
+            chat.invoke(CONVERSATION)
+        counts.append(len(anthropic_emulator.message_requests))
+    assert counts == [3, 3]

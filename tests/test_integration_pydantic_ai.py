@@ -6,7 +6,7 @@ import anthropic
 import pytest
 
 from prefill_guard import PrefillErrorHandler, guard
-from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator
+from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator, Fault
 
 from .conftest import require
 
@@ -49,3 +49,17 @@ async def test_recovers_with_a_guarded_client(anthropic_emulator: AnthropicEmula
         response = await _request(guard(client, [PrefillErrorHandler()]))
     assert response.parts == [TextPart(DEFAULT_REPLY_TEXT)]
     assert len(anthropic_emulator.message_requests) == 2
+
+
+async def test_the_recipe_does_not_multiply_retries(anthropic_emulator: AnthropicEmulator) -> None:
+    """Under a persistent 529 the guarded client makes the SDK's 1 + max_retries requests, as
+    the bare client does (pydantic-ai's model request does not retry on its own)."""
+    counts = []
+    for guarded in (False, True):
+        anthropic_emulator.reset()
+        anthropic_emulator.script(*[Fault(529, headers={"retry-after-ms": "1"})] * 10)
+        async with anthropic_emulator.async_client(max_retries=2) as client:
+            with pytest.raises(Exception, match=r"(?i)overloaded"):
+                await _request(guard(client) if guarded else client)
+        counts.append(len(anthropic_emulator.message_requests))
+    assert counts == [3, 3]
