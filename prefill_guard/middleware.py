@@ -238,6 +238,8 @@ def guard(
 _install_lock = threading.Lock()
 _installed_middleware: ErrorProcessorMiddleware | None = None
 _patched: dict[type, tuple[Callable[..., None] | None, Callable[..., None]]] = {}
+_NOT_ASKED: Any = object()
+"""The patched constructors' default for ``middleware``: the caller passed nothing."""
 """Each patched class: the ``__init__`` it defined itself before (None: inherited), and ours."""
 
 
@@ -262,12 +264,13 @@ def _patch(cls: type) -> None:
     original: Callable[..., None] = cls.__init__  # type: ignore[misc]
 
     @functools.wraps(original)
-    def __init__(self: Any, *args: Any, middleware: Any = None, **kwargs: Any) -> None:
-        # Only a client that asks for no middleware gets the guard: an explicit list, also the
-        # one copy() and with_options() pass on, is kept exactly as it is.
-        current = _installed_middleware
-        if middleware is None and current is not None:
-            middleware = [current]
+    def __init__(self: Any, *args: Any, middleware: Any = _NOT_ASKED, **kwargs: Any) -> None:
+        # Only a client made without a middleware= argument gets the guard. Any value given is
+        # kept as it is: a list, an empty one, None (which copy(middleware=None) passes on to
+        # clear the list), and the list copy() and with_options() pass on from the original.
+        if middleware is _NOT_ASKED:
+            current = _installed_middleware
+            middleware = None if current is None else [current]
         original(self, *args, middleware=middleware, **kwargs)
 
     _patched[cls] = (cls.__dict__.get("__init__"), __init__)
@@ -282,10 +285,10 @@ def install(
     """Put the middleware into every anthropic client created from now on, sync and async.
 
     For frameworks that construct their own client (LangChain's ChatAnthropic does). Covers
-    the Anthropic, Bedrock and Vertex clients. A client created with an explicit
-    ``middleware=`` list (also a copy, which passes its original's list on) gets exactly that
-    list; only clients that ask for none get the guard. Idempotent (a second call returns the
-    installed middleware), thread-safe, and reversed by :func:`uninstall`. Since it guards
+    the Anthropic, Bedrock and Vertex clients. A client created with a ``middleware=`` argument
+    of any value (a list, ``None``; also a copy, which passes its original's list on) gets
+    exactly that; only a client created without one gets the guard. Idempotent (a second call
+    returns the installed middleware), thread-safe, and reversed by :func:`uninstall`. Since it guards
     synchronous clients too, async processors are refused: use :func:`guard` on async clients
     for those.
     """

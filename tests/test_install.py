@@ -170,6 +170,9 @@ def test_a_client_that_names_its_middleware_gets_exactly_that(
         assert client.middleware == (mine,)
     with anthropic.Anthropic(api_key="k", base_url=url, middleware=[]) as client:
         assert client.middleware == ()
+        assert client.copy(middleware=None).middleware == ()  # copy's way to clear the list
+    with anthropic.Anthropic(api_key="k", base_url=url, middleware=None) as client:
+        assert client.middleware == ()
 
 
 def test_uninstall_leaves_a_constructor_wrapped_after_install() -> None:
