@@ -288,9 +288,9 @@ def install(
     the Anthropic, Bedrock and Vertex clients. A client created with a ``middleware=`` argument
     of any value (a list, ``None``; also a copy, which passes its original's list on) gets
     exactly that; only a client created without one gets the guard. Idempotent (a second call
-    returns the installed middleware), thread-safe, and reversed by :func:`uninstall`. Since it guards
-    synchronous clients too, async processors are refused: use :func:`guard` on async clients
-    for those.
+    returns the installed middleware), thread-safe, and reversed by :func:`uninstall`. Since
+    it guards synchronous clients too, async processors are refused: use :func:`guard` on
+    async clients for those.
     """
     global _installed_middleware
     with _install_lock:
