@@ -18,6 +18,10 @@ from typing import Any, TypeVar
 
 import anthropic
 
+from prefill_guard import Agent, MessageList
+from prefill_guard.messages import check_input
+from prefill_guard.run import Run
+
 __all__ = [
     "CONVERSATION_HEADER",
     "MODEL",
@@ -33,6 +37,7 @@ __all__ = [
     "machine",
     "median",
     "percentile",
+    "prepared_run",
     "ratio_interval",
     "write_json",
 ]
@@ -352,3 +357,13 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as out:
         json.dump(payload, out, indent=2)
         out.write("\n")
+
+
+def prepared_run(agent: Agent, conversation: list[dict[str, Any]] | MessageList) -> Run:
+    """What ``Agent.generate`` makes before its first request, through the public parts: the
+    conversation (a list copied, a MessageList used in place), its check, and the run (its
+    parameters copied, its ``before_send`` hooks run)."""
+    messages = conversation if isinstance(conversation, MessageList) else MessageList(conversation)
+    check_input(messages)
+    params = {"model": agent.model, **agent.default_params}
+    return Run(agent.pipeline, agent.retry_policy, messages, params)

@@ -9,12 +9,10 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
-from prefill_guard import Agent, ErrorProcessorMiddleware, MessageList
-from prefill_guard.middleware import _recommended_processors
-from prefill_guard.pipeline import run_sync
+from prefill_guard import Agent, ErrorProcessorMiddleware, MessageList, default_processors
 from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
 
-from .common import MODEL, Config, Section, cpu_per_call, interleave, median
+from .common import MODEL, Config, Section, cpu_per_call, interleave, median, prepared_run
 from .overhead import _in_memory_client, _Recorder
 
 __all__ = ["SIZES", "long_conversation", "run"]
@@ -65,13 +63,10 @@ def long_conversation(size: int) -> list[dict[str, Any]]:
 def _paths(size: int) -> dict[str, Callable[[], object]]:
     messages = long_conversation(size)
     in_place = MessageList(messages)
-    agent = Agent(MODEL, client=_in_memory_client(), error_processors=_recommended_processors())
+    agent = Agent(MODEL, client=_in_memory_client(), error_processors=default_processors())
 
     def first_request(conversation: list[dict[str, Any]] | MessageList) -> object:
-        # What Agent.generate does before it sends its first request.
-        prepared, params, _ = agent._prepare("generate", conversation, {}, None)
-        agent.pipeline.run_appending_hooks(prepared, params)
-        return {**params, "messages": prepared.to_api()}
+        return prepared_run(agent, conversation).request()
 
     def from_list() -> object:
         return first_request(messages)
@@ -95,15 +90,15 @@ def _paths(size: int) -> dict[str, Callable[[], object]]:
         return json.dumps(body)
 
     # The error path: a prefill 400 goes through every processor of the default stack (the
-    # conversation is saved before each one and restored after each that passes).
+    # conversation is saved once, and put back after each that passes if it changed it).
     ends_with_assistant = [*messages, {"role": "assistant", "content": "And then?"}]
     rejection = make_api_error(400, PREFILL_MESSAGE)
 
     def repair() -> object:
-        generation, _ = agent._begin("generate", ends_with_assistant, {}, None)
-        if not run_sync(generation.failed(rejection)):
+        run = prepared_run(agent, ends_with_assistant)
+        if run.failed(rejection) is None:
             raise AssertionError("the prefill rejection was not repaired")
-        return generation.request()
+        return run.request()
 
     return {
         "Agent, list of dicts (copied)": from_list,

@@ -16,9 +16,17 @@ import httpx2
 from anthropic import APIRequest
 from anthropic.types import Message
 
-from prefill_guard import Agent, ErrorProcessorMiddleware, MessageList, guard
-from prefill_guard.middleware import _recommended_processors
-from prefill_guard.pipeline import Attempt, RunResult
+from prefill_guard import (
+    Agent,
+    Attempt,
+    ErrorProcessorMiddleware,
+    MessageList,
+    RunResult,
+    default_processors,
+    guard,
+)
+from prefill_guard.messages import check_input
+from prefill_guard.run import Run
 
 from .common import (
     MODEL,
@@ -29,6 +37,7 @@ from .common import (
     interleave,
     median,
     percentile,
+    prepared_run,
     ratio_interval,
 )
 
@@ -90,7 +99,7 @@ def _in_memory_client() -> anthropic.Anthropic:
 
 def _sides(client: anthropic.Anthropic) -> dict[str, Callable[[], object]]:
     """The compared sides, each one non-streaming request with the same conversation."""
-    agent = Agent(MODEL, client=client, error_processors=_recommended_processors())
+    agent = Agent(MODEL, client=client, error_processors=default_processors())
     guarded = guard(client)
     no_op = client.with_middleware(_NoOpMiddleware())
 
@@ -186,9 +195,15 @@ def _library_calls() -> dict[str, Callable[[], object]]:
     reply = Message.model_validate(REPLY_BODY)
     reply._request_id = "req_bench"  # as the SDK sets it on every reply
     client = _in_memory_client()
-    agent = Agent(MODEL, client=client, error_processors=_recommended_processors())
-    # The SDK client the Agent calls, replaced by one whose messages.create answers at once.
-    answering = SimpleNamespace(messages=SimpleNamespace(create=lambda **request: reply))
+    agent = Agent(MODEL, client=client, error_processors=default_processors())
+    # The SDK client the Agent calls, replaced by one whose raw-response create answers at once
+    # with a response that parses to the reply.
+    response = SimpleNamespace(parse=lambda: reply)
+    answering = SimpleNamespace(
+        messages=SimpleNamespace(
+            with_raw_response=SimpleNamespace(create=lambda **request: response)
+        )
+    )
     agent._sync_client = answering  # type: ignore[assignment]
 
     def agent_request() -> object:
@@ -245,19 +260,20 @@ def _stages(section: Section, config: Config) -> None:
     """Where Agent.generate's library time goes, stage by stage (each timed on its own)."""
     reply = Message.model_validate(REPLY_BODY)
     reply._request_id = "req_bench"
-    agent = Agent(MODEL, client=_in_memory_client(), error_processors=_recommended_processors())
+    agent = Agent(MODEL, client=_in_memory_client(), error_processors=default_processors())
     conversation = MessageList(CONVERSATION)
     params = {"model": MODEL, "max_tokens": MAX_TOKENS}
     stages: dict[str, Callable[[], object]] = {
-        "Agent._prepare (all of it)": lambda: agent._prepare(
-            "generate", CONVERSATION, {"max_tokens": MAX_TOKENS}, None
-        ),
+        "the run before its first request (all of it)": lambda: prepared_run(
+            agent, CONVERSATION
+        ).request(),
         "  copy the caller's 3 messages into a MessageList": lambda: MessageList(CONVERSATION),
-        "before_send hooks (Pipeline.run_appending_hooks)": lambda: (
-            agent.pipeline.run_appending_hooks(conversation, params)
+        "  check the input (check_input)": lambda: check_input(conversation),
+        "  make the run (parameters copied, before_send hooks)": lambda: Run(
+            agent.pipeline, agent.retry_policy, conversation, params
         ),
         "the request's messages (MessageList.to_api)": conversation.to_api,
-        "store the reply (its blocks as dicts)": lambda: MessageList()._append_reply(reply),
+        "store the reply (its blocks as dicts)": lambda: MessageList().append(reply),
         "Attempt + RunResult records": lambda: (
             Attempt(1, None, "req_bench"),
             RunResult(reply, conversation, ()),

@@ -9,8 +9,8 @@ from typing import Any
 import anthropic
 import httpx2
 
-from prefill_guard import Agent, PrefillErrorHandler, PrefillKnowledge, guard
-from prefill_guard.middleware import _recommended_processors
+from prefill_guard import Agent, PrefillErrorHandler, default_processors, guard
+from prefill_guard.knowledge import PrefillKnowledge
 
 from .common import MODEL, UNKNOWN_MODEL, Config, EmulatorProcess, Section, emulator_process
 from .server import reply_text
@@ -49,7 +49,7 @@ def _scenarios() -> list[Scenario]:
 
     def adaptive(model: str) -> Callable[[anthropic.Anthropic], Callable[[], str]]:
         def build(client: anthropic.Anthropic) -> Callable[[], str]:
-            agent = Agent(model, client=client, error_processors=_recommended_processors())
+            agent = Agent(model, client=client, error_processors=default_processors())
             return lambda: agent.generate(ENDS_WITH_ASSISTANT).text
 
         return build

@@ -14,8 +14,8 @@ from typing import Any
 import anthropic
 import httpx2
 
-from prefill_guard import Agent, RunResult, is_system_reminder
-from prefill_guard.middleware import _recommended_processors
+from prefill_guard import Agent, RunResult, default_processors
+from prefill_guard.messages import is_system_reminder
 
 from .common import (
     CONVERSATION_HEADER,
@@ -80,7 +80,7 @@ Side = Callable[[list[Conversation], str], Awaitable[list[Any]]]
 def _sides(
     client: anthropic.AsyncAnthropic,
 ) -> dict[str, Side]:
-    agent = Agent(MODEL, client=client, error_processors=_recommended_processors())
+    agent = Agent(MODEL, client=client, error_processors=default_processors())
 
     async def through_agent(batch: list[Conversation], run: str) -> list[Any]:
         return await asyncio.gather(

@@ -7,8 +7,7 @@ from collections.abc import Callable
 
 import anthropic
 
-from prefill_guard import Agent
-from prefill_guard.middleware import _recommended_processors
+from prefill_guard import Agent, default_processors
 
 from .common import MODEL, Config, Section, emulator_process, interleave, median, percentile
 from .overhead import CONVERSATION, MAX_TOKENS
@@ -25,7 +24,7 @@ Timing = tuple[float, float, str]
 
 
 def _sides(client: anthropic.Anthropic) -> dict[str, Callable[[], Timing]]:
-    agent = Agent(MODEL, client=client, error_processors=_recommended_processors())
+    agent = Agent(MODEL, client=client, error_processors=default_processors())
 
     def raw() -> Timing:
         start = time.perf_counter()

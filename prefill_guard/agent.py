@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -12,30 +13,19 @@ import anthropic
 from anthropic._base_client import AsyncAPIClient, SyncAPIClient
 from anthropic.types import Message
 
+from .contract import AnthropicClient, AsyncClient, RequestParams, SyncClient
 from .errors import areply_from_response, reply_from_response
-from .messages import MessageList, check_input, deep_copy
-from .pipeline import AnyProcessor, Generation, Pipeline, RunResult, finish_run
-from .processors import RequestParams
-from .retries import (
-    OnRetry,
-    RetryPolicy,
-    acall_with_retries,
-    aresume_with_retries,
-    call_with_retries,
-    resume_with_retries,
-)
+from .messages import MessageList, check_input
+from .retries import OnRetry, RetryPolicy
+from .run import AnyProcessor, Pipeline, Run, RunResult, asend_with_retries, send_with_retries
 from .stores import StoreError, ThreadStore
-from .streaming import AgentStream, AsyncAgentStream, AsyncClient, SyncClient
+from .streaming import AgentStream, AsyncAgentStream
 
-__all__ = ["Agent", "AnthropicClient"]
-
-AnthropicClient = SyncClient | AsyncClient
-"""Any anthropic client: ``Anthropic``, ``AsyncAnthropic`` and the Bedrock and Vertex variants."""
+__all__ = ["Agent"]
 
 MessagesInput = str | MessageList | Iterable[Any]
 
 _RESERVED = ("messages", "stream")
-_RESERVED_KEYS = frozenset(_RESERVED)
 _CALLERS = {
     method: f"Agent.{method}()" for method in ("generate", "agenerate", "stream", "astream")
 }
@@ -53,7 +43,7 @@ def _client_kind(client: object) -> str:
 
 
 class Agent:
-    """Runs generations for one model through two retry loops and a pipeline of processors.
+    """Runs generations for one model, each through the retry loop and a pipeline of processors.
 
     Each attempt's request is rebuilt from the conversation. Transient failures (429, 5xx, 529,
     connection errors) are retried up to ``max_retries`` times, honouring ``retry-after``;
@@ -97,10 +87,8 @@ class Agent:
         self._retry_policy = RetryPolicy(
             max_retries=max_retries, max_retry_delay=max_retry_delay, on_retry=on_retry, sleep=sleep
         )
-        # Copied deeply here; a generation copies them again before anything may change them,
-        # so no call (or processor) can change another's.
-        self._defaults: RequestParams = deep_copy({"max_tokens": max_tokens, **default_params})
-        # What every request starts from, in the order the keys are sent.
+        self._defaults: RequestParams = copy.deepcopy({"max_tokens": max_tokens, **default_params})
+        # What every request starts from, in the order the keys are sent; each run deep-copies it.
         self._base_params: RequestParams = {"model": model, **self._defaults}
         if instructions is not None:
             self._base_params["system"] = instructions
@@ -128,8 +116,7 @@ class Agent:
 
     @property
     def default_params(self) -> Mapping[str, Any]:
-        """The default request parameters (read-only); a call copies them deeply before anything
-        may change them."""
+        """The default request parameters (read-only); every run works on its own deep copy."""
         return MappingProxyType(self._defaults)
 
     @property
@@ -162,11 +149,11 @@ class Agent:
         saved before the request is sent; the thread's history is loaded and the reminders
         and reply are saved once the run succeeds. ``messages`` may then be omitted: the
         model replies again to the thread as it is. ``params`` override the Agent's defaults
-        for this call. When neither retry layer retries, the original SDK exception is raised.
+        for this call. When nothing retries, the original SDK exception is raised.
         """
-        client = self._sync_client or self._sync_client_for("generate")
-        conversation, merged, thread = self._prepare("generate", messages, params, thread_id)
-        result = _run(self._pipeline, self._retry_policy, conversation, merged, _sender(client))
+        client = self._sync_client_for("generate")
+        run, thread = self._start("generate", messages, params, thread_id)
+        result = run.succeeded(send_with_retries(run, _sender(client)))
         if thread is not None:
             thread.save()
         return result
@@ -175,16 +162,14 @@ class Agent:
         self, messages: MessagesInput | None = None, *, thread_id: str | None = None, **params: Any
     ) -> RunResult:
         """The async twin of :meth:`generate`; ``async def`` processors are awaited."""
-        client = self._async_client or self._async_client_for("agenerate")
+        client = self._async_client_for("agenerate")
         if thread_id is None:
-            conversation, merged, thread = self._prepare("agenerate", messages, params, None)
+            run, thread = self._start("agenerate", messages, params, None)
         else:  # a store may block: read and write it off the event loop
-            conversation, merged, thread = await asyncio.to_thread(
-                self._prepare, "agenerate", messages, params, thread_id
+            run, thread = await asyncio.to_thread(
+                self._start, "agenerate", messages, params, thread_id
             )
-        result = await _arun(
-            self._pipeline, self._retry_policy, conversation, merged, _async_sender(client)
-        )
+        result = run.succeeded(await asend_with_retries(run, _async_sender(client)))
         if thread is not None:
             await asyncio.to_thread(thread.save)
         return result
@@ -196,13 +181,12 @@ class Agent:
 
         The request is sent when the block is entered; failures before any content reaches
         you are retried like :meth:`generate`'s. ``thread_id`` works as in :meth:`generate`
-        (the reply is saved when the stream has been read to the end). See
+        (the reply is saved when its ``message_stop`` event arrives). See
         :class:`~prefill_guard.AgentStream`.
         """
-        client = self._sync_client or self._sync_client_for("stream")
-        generation, thread = self._begin("stream", messages, params, thread_id)
-        on_finish = None if thread is None else thread.save
-        return AgentStream(client, generation, self._retry_policy, on_finish=on_finish)
+        client = self._sync_client_for("stream")
+        run, thread = self._start("stream", messages, params, thread_id)
+        return AgentStream(client, run, on_finish=None if thread is None else thread.save)
 
     def astream(
         self, messages: MessagesInput | None = None, *, thread_id: str | None = None, **params: Any
@@ -212,39 +196,23 @@ class Agent:
         With ``thread_id`` the store is read here, synchronously; the reply is saved off the
         event loop.
         """
-        client = self._async_client or self._async_client_for("astream")
-        generation, thread = self._begin("astream", messages, params, thread_id)
-        on_finish = None if thread is None else thread.save
-        return AsyncAgentStream(client, generation, self._retry_policy, on_finish=on_finish)
+        client = self._async_client_for("astream")
+        run, thread = self._start("astream", messages, params, thread_id)
+        return AsyncAgentStream(client, run, on_finish=None if thread is None else thread.save)
 
     # -- internals -------------------------------------------------------------------
-    def _begin(
+    def _start(
         self,
         method: str,
         messages: MessagesInput | None,
         params: dict[str, Any],
         thread_id: str | None,
-    ) -> tuple[Generation, _ThreadRun | None]:
-        """A generation for a stream, which needs one from its first attempt on."""
-        conversation, merged, thread = self._prepare(method, messages, params, thread_id)
-        return self._pipeline.begin(conversation, merged), thread
-
-    def _prepare(
-        self,
-        method: str,
-        messages: MessagesInput | None,
-        params: dict[str, Any],
-        thread_id: str | None,
-    ) -> tuple[MessageList, RequestParams, _ThreadRun | None]:
-        """Check a call's arguments; its conversation, request parameters and stored thread."""
+    ) -> tuple[Run, _ThreadRun | None]:
+        """Check a call's arguments; its run (the ``before_send`` hooks have run) and thread."""
         caller = _CALLERS[method]
-        if not _RESERVED_KEYS.isdisjoint(params):
-            _check_params(params, caller)
-        if self._pipeline.has_async_processor and method in ("generate", "stream"):
+        _check_params(params, caller)
+        if method in ("generate", "stream"):
             self._pipeline.require_sync(caller)
-        # Values still shared with the Agent's defaults: a generation deep-copies them before
-        # anything may change them, which on the happy path nothing does.
-        merged: RequestParams = {**self._base_params, **params}
         thread = None
         if thread_id is not None:
             if self._store is None:
@@ -258,10 +226,11 @@ class Agent:
             if not conversation:
                 raise ValueError(f"{caller}: messages is empty; pass at least one message")
             check_input(conversation)
-        return conversation, merged, thread
+        run = Run(self._pipeline, self._retry_policy, conversation, {**self._base_params, **params})
+        return run, thread
 
     def _sync_client_for(self, method: str) -> SyncClient:
-        """The sync client, made once under the lock; callers read ``_sync_client`` first."""
+        """The sync client, made from the environment on first use (under the lock)."""
         if self._client_kind == "async":
             raise TypeError(
                 f"Agent.{method}() needs a synchronous client, but this Agent was given an async "
@@ -273,7 +242,7 @@ class Agent:
             return self._sync_client
 
     def _async_client_for(self, method: str) -> AsyncClient:
-        """The async client, made once under the lock; callers read ``_async_client`` first."""
+        """The async client, made from the environment on first use (under the lock)."""
         if self._client_kind == "sync":
             raise TypeError(
                 f"Agent.{method}() needs an async client, but this Agent was given a synchronous "
@@ -283,56 +252,6 @@ class Agent:
             if self._async_client is None:
                 self._async_client = anthropic.AsyncAnthropic(max_retries=0)
             return self._async_client
-
-
-def _run(
-    pipeline: Pipeline,
-    policy: RetryPolicy,
-    messages: MessageList,
-    params: RequestParams,
-    send: Callable[[dict[str, Any]], Message],
-) -> RunResult:
-    """One non-streaming generation: ``send(request)`` until it succeeds.
-
-    When every ``before_send`` hook only appends (the default stack), the first request goes
-    out without a :class:`Generation`, which is made only if that request fails: it starts
-    where :meth:`Pipeline.begin` would have left it, and the retry loops take over from there.
-    Most requests succeed, and then need only the conversation, the reply and one record.
-    """
-    if not pipeline.appends_only_before_send:
-        generation = pipeline.begin(messages, params)
-        return generation.succeeded(call_with_retries(generation, policy, send))
-    pipeline.run_appending_hooks(messages, params)
-    try:
-        message = send({**params, "messages": messages.to_api()})
-    except BaseException as error:  # everything the loops would catch goes on to them
-        failure = error
-    else:
-        return finish_run(messages, message, [])
-    generation = Generation(pipeline, messages, params)
-    return generation.succeeded(resume_with_retries(generation, policy, send, failure))
-
-
-async def _arun(
-    pipeline: Pipeline,
-    policy: RetryPolicy,
-    messages: MessageList,
-    params: RequestParams,
-    send: Callable[[dict[str, Any]], Awaitable[Message]],
-) -> RunResult:
-    """The async twin of :func:`_run`."""
-    if not pipeline.appends_only_before_send:
-        generation = pipeline.begin(messages, params)
-        return generation.succeeded(await acall_with_retries(generation, policy, send))
-    pipeline.run_appending_hooks(messages, params)
-    try:
-        message = await send({**params, "messages": messages.to_api()})
-    except BaseException as error:  # cancellation too, as in acall_with_retries
-        failure = error
-    else:
-        return finish_run(messages, message, [])
-    generation = Generation(pipeline, messages, params)
-    return generation.succeeded(await aresume_with_retries(generation, policy, send, failure))
 
 
 def _sender(client: SyncClient) -> Callable[[dict[str, Any]], Message]:

@@ -19,9 +19,10 @@ import anthropic
 from .agent import Agent
 from .errors import api_message
 from .messages import is_system_reminder
-from .pipeline import RunResult
 from .processors import PrefillErrorHandler, default_processors
-from .stores import StoreError, check_thread_id
+from .run import RunResult
+from .stores import SQLiteStore, StoreError, check_thread_id
+from .testing import AnthropicEmulator, Fault
 
 __all__ = ["main"]
 
@@ -112,8 +113,6 @@ def _run_demo(args: argparse.Namespace, out: TextIO) -> int:
         _print_demo(result, DEMO_CONVERSATION, out)
         return 0
 
-    from .testing import AnthropicEmulator  # only the offline demo needs the emulator
-
     with AnthropicEmulator(reply="Maybe Pebble, for a calm grey cat.") as emulator:
         print(
             f"Using the embedded emulator at {emulator.base_url} (model {args.model}, which "
@@ -132,11 +131,9 @@ def _run_demo(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _fault(text: str) -> Any:
+def _fault(text: str) -> Fault:
     """Parse one --fault: STATUS[:header=value,...] | sse-error[:AFTER] | disconnect[:AFTER] |
     stall:SECONDS."""
-    from .testing import Fault
-
     kind, _, arg = text.partition(":")
     try:
         if kind == "sse-error":
@@ -155,8 +152,6 @@ def _fault(text: str) -> Any:
 
 
 def _run_emulator(args: argparse.Namespace, out: TextIO) -> int:
-    from .testing import AnthropicEmulator
-
     try:
         emulator = AnthropicEmulator(
             no_prefill_models=args.no_prefill_model or None, host=args.host, port=args.port
@@ -181,8 +176,6 @@ def _run_emulator(args: argparse.Namespace, out: TextIO) -> int:
 
 def _chat_client(args: argparse.Namespace, stack: contextlib.ExitStack) -> anthropic.Anthropic:
     if args.emulator:
-        from .testing import AnthropicEmulator
-
         return stack.enter_context(stack.enter_context(AnthropicEmulator()).client())
     if not os.environ.get("ANTHROPIC_API_KEY"):
         raise UsageError("chat needs ANTHROPIC_API_KEY (or --emulator to try it offline)")
@@ -212,8 +205,6 @@ def _read_line(stdin: TextIO) -> str:
 
 
 def _run_chat(args: argparse.Namespace, out: TextIO) -> int:
-    from .stores import SQLiteStore
-
     interactive = sys.stdin.isatty()
     stdin = _strict_stdin()
     with contextlib.ExitStack() as stack:
@@ -255,8 +246,6 @@ def _run_chat(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _run_history(args: argparse.Namespace, out: TextIO) -> int:
-    from .stores import SQLiteStore
-
     if not Path(args.db).exists():
         raise UsageError(f"{args.db}: no such thread database")
     with SQLiteStore(args.db) as store:

@@ -1,15 +1,19 @@
-"""Reading the SDK's API errors the same way on every supported anthropic version.
+"""Reading the SDK's errors: the same way on every supported anthropic version, in every shape.
 
 anthropic 2.x puts the API's ``error.type`` and ``error.message`` on ``APIStatusError`` as
 ``type`` and ``api_message``; 1.x does not have those attributes. These helpers read them from
 the attributes when present and from the error body otherwise, so processors written against
-them work on ``anthropic>=1.8,<3``.
+them work on ``anthropic>=1.8,<3``; :func:`search_error` looks for a pattern in every text an
+error carries. Also here: the SDK's own error for a response that holds no reply, and the text
+a stream had delivered when an error cut it (:func:`partial_text`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from anthropic import APIResponse, APIResponseValidationError, APIStatusError, AsyncAPIResponse
@@ -19,9 +23,17 @@ __all__ = [
     "api_error_type",
     "api_message",
     "areply_from_response",
+    "error_texts",
+    "is_prefill_rejection",
+    "partial_text",
     "reply_from_response",
+    "search_error",
+    "set_partial_text",
     "status_error_from_response",
 ]
+
+_PREFILL_PHRASES = ("assistant message prefill", "conversation must end with a user message")
+_PARTIAL_TEXT = "partial_text"
 
 
 def _body_error_field(error: BaseException, name: str) -> str | None:
@@ -119,3 +131,78 @@ def _checked_reply(parsed: object, response: APIResponse[Any] | AsyncAPIResponse
         body,
         message=f"the API answered {status} with a body that is not a Message: {str(body)[:200]}",
     )
+
+
+def _error_chain(error: BaseException) -> Iterator[BaseException]:
+    """The error and the exceptions it wraps (``__cause__``, unsuppressed ``__context__``).
+
+    The walk stops at an API status error: it is the authority on its own message and body.
+    So a different 400 raised while a prefill rejection was being handled (its implicit
+    ``__context__``) is not mistaken for the prefill rejection.
+    """
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        if isinstance(current, APIStatusError):
+            continue
+        wrapped = [current.__cause__]
+        if not current.__suppress_context__:
+            wrapped.append(current.__context__)
+        pending.extend(e for e in wrapped if e is not None)
+
+
+def _strings(value: object, depth: int = 0) -> Iterator[str]:
+    """Every string inside a body of any shape (dict, list, str), to a bounded depth."""
+    if isinstance(value, str):
+        yield value
+    elif depth < 8 and isinstance(value, Mapping):
+        for item in value.values():
+            yield from _strings(item, depth + 1)
+    elif depth < 8 and isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item, depth + 1)
+
+
+def error_texts(error: BaseException) -> Iterator[str]:
+    """Every text an error carries: API message, message, ``str()``, body strings; whole chain."""
+    for exc in _error_chain(error):
+        for text in (api_message(exc), getattr(exc, "message", None), str(exc)):
+            if isinstance(text, str):
+                yield text
+        yield from _strings(getattr(exc, "body", None))
+
+
+def search_error(error: BaseException, pattern: re.Pattern[str]) -> re.Match[str] | None:
+    """The first match of ``pattern`` in any of the error's texts (:func:`error_texts`)."""
+    for text in error_texts(error):
+        match = pattern.search(text)
+        if match is not None:
+            return match
+    return None
+
+
+def is_prefill_rejection(error: BaseException) -> bool:
+    """Whether ``error`` is the API's "assistant message prefill" rejection.
+
+    Looks case-insensitively in the API message, the body (any shape), ``str(error)`` and the
+    cause/context chain, so the direct API, Vertex, Bedrock's ``ValidationException``, proxies'
+    flat bodies and an SSE ``error`` event are all recognised.
+    """
+    return any(phrase in text.lower() for text in error_texts(error) for phrase in _PREFILL_PHRASES)
+
+
+def partial_text(error: BaseException) -> str | None:
+    """The text a stream had delivered before ``error`` interrupted it, or ``None``."""
+    value = getattr(error, _PARTIAL_TEXT, None)
+    return value if isinstance(value, str) else None
+
+
+def set_partial_text(error: BaseException, text: str) -> None:
+    """Put the text delivered so far on ``error``, for :func:`partial_text` to read."""
+    with contextlib.suppress(AttributeError):  # a __slots__ exception has no room for it
+        setattr(error, _PARTIAL_TEXT, text)

@@ -5,7 +5,8 @@ A :class:`MessageList` keeps the *raw* conversation: every message in the Anthro
 library's own bookkeeping, such as the tag that marks a hidden system reminder. Everything
 that goes over the wire passes through :meth:`MessageList.to_api`; everything a person sees
 passes through :meth:`MessageList.to_ui`; stores keep the raw form. No other code strips or
-filters messages on its own.
+filters messages on its own. Also here: the hidden reminders, the bookkeeping of ``tool_use``
+and ``tool_result`` blocks that repairs need, and the check that new input can be sent.
 """
 
 from __future__ import annotations
@@ -14,36 +15,47 @@ import copy
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, MutableSequence
-from typing import Any, Literal, TypeVar, cast, overload
+from typing import Any, Literal, overload
 
 from anthropic import BaseModel
-from anthropic.types import Message, MessageParam, TextBlock
+from anthropic.types import Message, MessageParam
+
+from .contract import RawMessage
 
 __all__ = [
+    "INTERRUPTED_TOOL_RESULT",
     "MAX_NESTING",
     "SYSTEM_REMINDER_KEY",
     "MessageList",
-    "RawMessage",
     "Snapshot",
+    "append_system_reminder",
     "check_input",
+    "interrupted_tool_results",
     "is_system_reminder",
     "system_reminder",
+    "tool_result_ids",
+    "tool_use_ids",
+    "with_tool_results",
 ]
 
-T = TypeVar("T")
 Role = Literal["user", "assistant"]
-RawMessage = dict[str, Any]
-"""One raw message: ``role``, ``content`` (str or block dicts) and optional ``metadata``."""
 
 SYSTEM_REMINDER_KEY = "systemReminder"
 """The metadata key that marks a hidden system reminder (judged by metadata, never by text)."""
 
-_ROLES: frozenset[str] = frozenset(("user", "assistant"))
-_API_KEYS = ("role", "content")
+INTERRUPTED_TOOL_RESULT = "interrupted"
+"""The content of the ``is_error`` ``tool_result`` blocks made for unanswered ``tool_use``."""
 
-MAX_NESTING = 500
-"""How deeply a message's values may nest (dicts and lists). Python's JSON encoding, and so the
-SDK, fails somewhere below the recursion limit; deeper input is refused when it is added."""
+MAX_NESTING = 200
+"""How deeply a message's values may nest (dicts and lists). Copying a value (``copy.deepcopy``)
+and encoding it as JSON recurse, two frames or so per level, and fail with a bare
+``RecursionError`` somewhere below Python's recursion limit (1,000 frames, counted from
+wherever the caller is); deeper input is refused by name when it is added."""
+
+_ROLES: frozenset[str] = frozenset(("user", "assistant"))
+
+
+# -- hidden reminders ----------------------------------------------------------------------------
 
 
 def system_reminder(text: str, reminder_type: str) -> RawMessage:
@@ -64,70 +76,24 @@ def is_system_reminder(message: Mapping[str, Any]) -> bool:
     return isinstance(metadata, Mapping) and SYSTEM_REMINDER_KEY in metadata
 
 
-_ATOMIC: frozenset[type] = frozenset(
-    (str, int, float, bool, type(None), bytes, complex, range, type(Ellipsis))
-)
-"""Types that ``copy.deepcopy`` returns as they are (immutable atoms)."""
-_MISSING = object()
-
-
-def deep_copy(value: T) -> T:
-    """``copy.deepcopy(value)``, three to four times faster for JSON-shaped data.
-
-    Plain ``dict`` and ``list`` objects are copied here and immutable atoms are returned as they
-    are, exactly as ``copy.deepcopy`` does it (shared and cyclic references included, through
-    the same memo); every other object is handed to ``copy.deepcopy`` with that memo. Messages
-    and request parameters are copied on every request, so this is on the hot path.
-    """
-    cls = type(value)
-    if cls in _ATOMIC:
-        return value
-    if cls is dict:  # request parameters: a flat dict needs no memo
-        flat: dict[Any, Any] = {}
-        for key, item in value.items():  # type: ignore[attr-defined]
-            if type(key) is not str or type(item) not in _ATOMIC:
-                return cast(T, _copy(value, {}))
-            flat[key] = item
-        return cast(T, flat)
-    return cast(T, _copy(value, {}))
-
-
-def _copy(value: Any, memo: dict[int, Any]) -> Any:
-    cls = type(value)
-    if cls in _ATOMIC:
-        return value
-    found = memo.get(id(value), _MISSING)
-    if found is not _MISSING:
-        return found
-    if cls is dict:
-        copied: Any = {}
-        memo[id(value)] = copied
-        for key, item in value.items():
-            copied[key if type(key) is str else _copy(key, memo)] = (
-                item if type(item) in _ATOMIC else _copy(item, memo)
-            )
-        return copied
-    if cls is list:
-        copied = []
-        memo[id(value)] = copied
-        for item in value:
-            copied.append(item if type(item) in _ATOMIC else _copy(item, memo))
-        return copied
-    return copy.deepcopy(value, memo)
+# -- validation ----------------------------------------------------------------------------------
 
 
 def _where(index: int, block: int | None = None) -> str:
-    """Where a problem is, for error messages (formatted only when there is one)."""
+    """Where a problem is, for error messages."""
     where = f"messages[{index}]"
     return where if block is None else f"{where}.content[{block}]"
 
 
-def _containers(value: Any) -> Iterable[Any] | None:
-    """The values inside a dict, list or tuple; ``None`` for anything else."""
-    if isinstance(value, Mapping):
-        return list(value.keys()) + list(value.values())
+_SCALARS = (str, int, float, type(None))
+
+
+def _children(value: Any) -> Iterable[Any] | None:
+    """The values inside a mapping (its keys too), list or tuple; ``None`` for anything else."""
     if isinstance(value, (list, tuple)):
         return value
+    if isinstance(value, dict) or (not isinstance(value, _SCALARS) and isinstance(value, Mapping)):
+        return [*value.keys(), *value.values()]
     return None
 
 
@@ -145,7 +111,7 @@ def _check_nesting(value: Any, where: str) -> None:
             ancestors.discard(item)
             continue
         node, depth = item
-        children = _containers(node)
+        children = _children(node)
         if children is None:
             continue
         if id(node) in ancestors:
@@ -154,55 +120,33 @@ def _check_nesting(value: Any, where: str) -> None:
             raise ValueError(f"{where}: nested more than {MAX_NESTING} levels deep")
         ancestors.add(id(node))
         pending.append(id(node))
-        pending.extend((child, depth + 1) for child in children)
+        pending.extend((child, depth + 1) for child in children if not isinstance(child, _SCALARS))
 
 
-def _block_to_dict(block: Any, index: int, position: int) -> dict[str, Any]:
-    # A plain dict, the common case, skips the abstract-class checks.
-    fresh = type(block) is not dict and isinstance(block, BaseModel)
-    if fresh:  # model_dump(mode="json") builds new objects: nothing is shared with the reply's
-        block = block.model_dump(mode="json", exclude_none=True)
-    if type(block) is not dict and not isinstance(block, Mapping):
-        raise TypeError(
-            f"{_where(index, position)}: expected a content block dict, got {type(block).__name__}"
-        )
+def _block_to_dict(block: Any, where: str) -> dict[str, Any]:
+    """A private copy of one content block as a dict (an SDK block model is dumped)."""
+    if not isinstance(block, dict):
+        if isinstance(block, BaseModel):
+            return block.model_dump(mode="json", exclude_none=True)
+        if not isinstance(block, Mapping):
+            raise TypeError(f"{where}: expected a content block dict, got {type(block).__name__}")
     if not isinstance(block.get("type"), str):
-        raise ValueError(f"{_where(index, position)}: content block needs a string 'type'")
-    if not fresh:
-        _check_nesting(block, _where(index, position))
-    if fresh and type(block) is dict:
-        return block
-    return deep_copy(dict(block))
-
-
-def _reply_to_raw(message: Message, index: int) -> RawMessage:
-    """A reply ``Message`` as an assistant turn of block dicts (one per request: kept lean)."""
-    role = message.role
-    if type(role) is not str or role not in _ROLES:  # a constructed reply: say what is wrong
-        return _validate({"role": role, "content": list(message.content)}, index)
-    content: list[dict[str, Any]] = []
-    for position, block in enumerate(message.content):
-        if (
-            type(block) is TextBlock
-            and block.citations is None
-            and not block.__pydantic_extra__
-            and type(block.text) is str
-        ):  # a plain text block, inline: exactly its model_dump(mode="json", exclude_none=True)
-            content.append({"text": block.text, "type": "text"})
-        else:
-            content.append(_block_to_dict(block, index, position))
-    return {"role": role, "content": content}
+        raise ValueError(f"{where}: content block needs a string 'type'")
+    _check_nesting(block, where)
+    return copy.deepcopy(dict(block))
 
 
 def _validate(message: Any, index: int) -> RawMessage:
-    """Return a private, validated copy of one message, or raise naming the index and problem."""
-    if type(message) is not dict:  # a plain dict, the common case, needs neither check
-        if (type(message) is Message or isinstance(message, BaseModel)) and getattr(
-            message, "type", None
-        ) == "message":
-            # An anthropic ``Message`` response: keep its content as an assistant turn.
-            return _reply_to_raw(message, index)  # type: ignore[arg-type]
-        if not isinstance(message, Mapping):
+    """Return a private, validated copy of one message, or raise naming the index and problem.
+
+    An anthropic ``Message`` (a reply) becomes an assistant turn of block dicts. The role and a
+    str content are immutable and taken as they are; everything else is copied deeply.
+    """
+    if not isinstance(message, dict):
+        if isinstance(message, BaseModel) and getattr(message, "type", None) == "message":
+            reply: Any = message
+            message = {"role": reply.role, "content": list(reply.content or [])}
+        elif not isinstance(message, Mapping):
             raise TypeError(
                 f"{_where(index)}: expected a dict with 'role' and 'content', "
                 f"got {type(message).__name__}"
@@ -210,7 +154,7 @@ def _validate(message: Any, index: int) -> RawMessage:
     if "role" not in message:
         raise ValueError(f"{_where(index)}: missing 'role'")
     role = message["role"]
-    if not isinstance(role, str) or role not in _ROLES:  # an unhashable role, too
+    if not isinstance(role, str) or role not in _ROLES:
         hint = " (pass a system prompt as instructions=)" if role == "system" else ""
         raise ValueError(
             f"{_where(index)}: unknown role {role!r}; expected 'user' or 'assistant'{hint}"
@@ -218,21 +162,20 @@ def _validate(message: Any, index: int) -> RawMessage:
     if "content" not in message:
         raise ValueError(f"{_where(index)}: missing 'content'")
     content = message["content"]
-    if isinstance(content, str):
-        pass
-    elif isinstance(content, (list, tuple)):
-        content = [_block_to_dict(b, index, j) for j, b in enumerate(content)]
-    else:
+    if isinstance(content, (list, tuple)):
+        content = [_block_to_dict(block, _where(index, j)) for j, block in enumerate(content)]
+    elif not isinstance(content, str):
         raise TypeError(
             f"{_where(index)}: 'content' must be a str or a list of blocks, "
             f"got {type(content).__name__}"
         )
+    raw: RawMessage = {}
     for key, value in message.items():
-        if key != "content":
-            _check_nesting(value, f"{_where(index)}.{key}")
-    raw: RawMessage = {
-        key: content if key == "content" else deep_copy(value) for key, value in message.items()
-    }
+        if key in ("role", "content"):
+            raw[key] = role if key == "role" else content
+            continue
+        _check_nesting(value, f"{_where(index)}.{key}")
+        raw[key] = copy.deepcopy(value)
     if "metadata" in raw and not isinstance(raw["metadata"], dict):
         raise TypeError(
             f"{_where(index)}: 'metadata' must be a dict, got {type(raw['metadata']).__name__}"
@@ -240,42 +183,7 @@ def _validate(message: Any, index: int) -> RawMessage:
     return raw
 
 
-class Snapshot:
-    """What :meth:`MessageList.snapshot` remembers: the message objects and their contents."""
-
-    __slots__ = ("contents", "objects")
-
-    def __init__(self, objects: list[RawMessage], contents: list[RawMessage]) -> None:
-        self.objects = objects
-        self.contents = contents
-
-
-def _api_shaped(messages: list[Any]) -> bool:
-    """Whether ``messages`` are valid and exactly what the API takes, as given: then
-    ``MessageList(messages)`` would hold equal copies, and a request over them goes out as is.
-
-    Each message a dict of a ``role`` and a ``content`` only, the content a string or a list
-    of block dicts with a string ``type``. Anything else needs the copying path, which
-    converts what it can and says what is wrong with the rest.
-    """
-    for message in messages:
-        if type(message) is not dict or len(message) != 2:
-            return False
-        role = message.get("role")
-        if type(role) is not str or role not in _ROLES:
-            return False
-        content = message.get("content")
-        if type(content) is str:
-            continue
-        if type(content) is not list:
-            return False
-        for block in content:
-            if type(block) is not dict or type(block.get("type")) is not str:
-                return False
-    return True
-
-
-def _sendable_problem(value: Any) -> str | None:
+def _unsendable(value: Any) -> str | None:
     """What in ``value`` JSON over UTF-8 cannot carry: a lone surrogate, NaN or infinity."""
     pending = [value]
     while pending:
@@ -288,11 +196,11 @@ def _sendable_problem(value: Any) -> str | None:
         elif isinstance(node, float) and not math.isfinite(node):
             return f"the number {node!r} is not valid JSON"
         else:
-            pending.extend(_containers(node) or ())
+            pending.extend(_children(node) or ())
     return None
 
 
-def _blank_text_problem(content: Any) -> tuple[int | None, str] | None:
+def _blank(content: Any) -> tuple[int | None, str] | None:
     """Where ``content`` is empty or only whitespace, which the API refuses once a message
     follows it: ``(block index or None, problem)``, or ``None``."""
     if isinstance(content, str):
@@ -316,17 +224,29 @@ def check_input(messages: Iterable[RawMessage], *, saved: bool = False) -> None:
     last; stored, they would make every later turn of the thread fail.
     """
     for index, message in enumerate(messages):
-        problem = _sendable_problem(message.get("content"))
+        problem = _unsendable(message.get("content"))
         if problem is not None:
             raise ValueError(f"{_where(index)}: {problem}")
-        if saved:
-            blank = _blank_text_problem(message.get("content"))
-            if blank is not None:
-                position, text = blank
-                raise ValueError(
-                    f"{_where(index, position)}: {text}; the API refuses it once another "
-                    "message follows, so it is not saved"
-                )
+        blank = _blank(message.get("content")) if saved else None
+        if blank is not None:
+            position, text = blank
+            raise ValueError(
+                f"{_where(index, position)}: {text}; the API refuses it once another "
+                "message follows, so it is not saved"
+            )
+
+
+# -- the conversation ----------------------------------------------------------------------------
+
+
+class Snapshot:
+    """What :meth:`MessageList.snapshot` remembers: the message objects and their contents."""
+
+    __slots__ = ("contents", "objects")
+
+    def __init__(self, objects: list[RawMessage], contents: list[RawMessage]) -> None:
+        self.objects = objects
+        self.contents = contents
 
 
 class MessageList(MutableSequence[RawMessage]):
@@ -340,36 +260,14 @@ class MessageList(MutableSequence[RawMessage]):
 
     def __init__(self, messages: Iterable[Any] | None = None) -> None:
         if messages is None:
-            self._messages: list[RawMessage] = []
-            return
-        if type(messages) is not list and (
+            messages = ()
+        elif not isinstance(messages, (list, tuple)) and (
             isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Iterable)
         ):
             raise TypeError(
                 f"messages must be a list of message dicts, got {type(messages).__name__}"
             )
-        self._messages = [
-            dict(m)  # the commonest message, inline: exactly what _validate would return
-            if type(m) is dict
-            and len(m) == 2
-            and type(m.get("content")) is str
-            and type(role := m.get("role")) is str
-            and role in _ROLES
-            else _validate(m, i)
-            for i, m in enumerate(messages)
-        ]
-
-    @classmethod
-    def _borrow(cls, messages: list[Any]) -> MessageList:
-        """A list over the very dicts of ``messages``, which :func:`_api_shaped` accepted.
-
-        Nothing is copied, so the result must not be changed in place; the middleware uses it
-        for a request body that it copies only once something may change it (see
-        :meth:`Pipeline.begin`).
-        """
-        borrowed = cls.__new__(cls)  # __init__ would validate and copy
-        borrowed._messages = list(messages)
-        return borrowed
+        self._messages: list[RawMessage] = [_validate(m, i) for i, m in enumerate(messages)]
 
     # -- MutableSequence -------------------------------------------------------------
     @overload
@@ -407,14 +305,9 @@ class MessageList(MutableSequence[RawMessage]):
         """Insert a validated copy of ``value`` before ``index``."""
         self._messages.insert(index, _validate(value, index))
 
-    def append(self, value: RawMessage) -> None:
-        """Append a validated copy of ``value``."""
+    def append(self, value: RawMessage | Message) -> None:
+        """Append a validated copy of ``value`` (a reply ``Message`` becomes an assistant turn)."""
         self._messages.append(_validate(value, len(self._messages)))
-
-    def _append_reply(self, reply: Message) -> None:
-        """Append a reply ``Message`` as an assistant turn: :meth:`append` without the checks
-        for every other kind of input, since each generation stores one."""
-        self._messages.append(_reply_to_raw(reply, len(self._messages)))
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, MessageList):
@@ -442,22 +335,22 @@ class MessageList(MutableSequence[RawMessage]):
     def copy(self) -> MessageList:
         """A deep copy: changing it never changes this list."""
         twin = MessageList()
-        twin._messages = deep_copy(self._messages)
+        twin._messages = copy.deepcopy(self._messages)
         return twin
 
     def snapshot(self) -> Snapshot:
         """Remember the whole conversation, so that :meth:`restore` can undo any change."""
-        return Snapshot(list(self._messages), deep_copy(self._messages))
+        return Snapshot(list(self._messages), copy.deepcopy(self._messages))
 
     def restore(self, snapshot: Snapshot) -> None:
-        """Undo every change since ``snapshot``: additions, removals and edits in place.
-
-        The message dicts that existed at the snapshot are kept (same objects), so references
-        held elsewhere stay valid.
-        """
+        """Undo every change since ``snapshot``: additions, removals, replacements and edits in
+        place. A message that was not changed is left alone; the message dicts that existed at
+        the snapshot are kept (same objects), so references held elsewhere stay valid; and the
+        snapshot stays good for another restore."""
         for original, saved in zip(snapshot.objects, snapshot.contents, strict=True):
-            original.clear()
-            original.update(saved)
+            if original != saved:
+                original.clear()
+                original.update(copy.deepcopy(saved))
         self._messages = list(snapshot.objects)
 
     # -- views -----------------------------------------------------------------------
@@ -498,3 +391,81 @@ class MessageList(MutableSequence[RawMessage]):
         if not isinstance(data, list):
             raise TypeError(f"expected a JSON array of messages, got {type(data).__name__}")
         return cls(data)
+
+
+# -- tool_use / tool_result bookkeeping ------------------------------------------------------
+
+
+def _blocks(message: Mapping[str, Any] | None) -> list[Mapping[str, Any]]:
+    content = None if message is None else message.get("content")
+    if not isinstance(content, list):
+        return []
+    return [block for block in content if isinstance(block, Mapping)]
+
+
+def tool_use_ids(message: Mapping[str, Any] | None) -> list[str]:
+    """The ids of an assistant message's ``tool_use`` blocks, in order."""
+    if message is None or message.get("role") != "assistant":
+        return []
+    return [
+        block["id"]
+        for block in _blocks(message)
+        if block.get("type") == "tool_use" and isinstance(block.get("id"), str)
+    ]
+
+
+def tool_result_ids(message: Mapping[str, Any] | None) -> set[str]:
+    """The ``tool_use_id``s a user message's ``tool_result`` blocks answer."""
+    if message is None or message.get("role") != "user":
+        return set()
+    return {
+        block["tool_use_id"]
+        for block in _blocks(message)
+        if block.get("type") == "tool_result" and isinstance(block.get("tool_use_id"), str)
+    }
+
+
+def interrupted_tool_results(
+    ids: Iterable[str], text: str = INTERRUPTED_TOOL_RESULT
+) -> list[dict[str, Any]]:
+    """``tool_result`` blocks marked ``is_error`` that answer the ``tool_use`` ``ids`` with
+    ``text``."""
+    return [
+        {"type": "tool_result", "tool_use_id": tool_use_id, "content": text, "is_error": True}
+        for tool_use_id in ids
+    ]
+
+
+def with_tool_results(content: Any, results: list[dict[str, Any]]) -> list[Any]:
+    """``content`` as blocks, with ``results`` after any leading ``tool_result`` blocks."""
+    if isinstance(content, str):
+        blocks: list[Any] = [{"type": "text", "text": content}] if content else []
+    else:
+        blocks = list(content)
+    lead = 0
+    while (
+        lead < len(blocks)
+        and isinstance(blocks[lead], Mapping)
+        and blocks[lead].get("type") == "tool_result"
+    ):
+        lead += 1
+    return [*blocks[:lead], *results, *blocks[lead:]]
+
+
+def append_system_reminder(messages: MessageList, text: str, reminder_type: str) -> RawMessage:
+    """Append one hidden user reminder ``<system-reminder>{text}</system-reminder>``; return it.
+
+    Tagged in ``metadata`` with ``reminder_type`` as :func:`system_reminder` makes it. When the
+    conversation ends with an assistant turn holding ``tool_use`` blocks, a plain text message
+    after it would be rejected (``tool_use ids were found without tool_result blocks
+    immediately after``), so the reminder then carries an ``is_error`` ``tool_result``
+    ("interrupted") for each of those calls first, followed by the reminder text block: still
+    one hidden message.
+    """
+    reminder = system_reminder(text, reminder_type)
+    pending = tool_use_ids(messages.last)
+    if pending:
+        text_block = {"type": "text", "text": reminder["content"]}
+        reminder["content"] = [*interrupted_tool_results(pending), text_block]
+    messages.append(reminder)
+    return messages[-1]

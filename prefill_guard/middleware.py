@@ -6,11 +6,12 @@ client, so the framework's code is fixed without being changed: :func:`guard` re
 copy of one client, and :func:`install` puts the middleware into every client created afterwards
 (for frameworks that build their own client), reversibly.
 
-The middleware runs inside the SDK's retry loop, once per attempt. Transient errors that the
-SDK is about to retry are left to it; any other error response of a Messages request is turned
-into the SDK's own typed error and given to the processors, and if one asks to retry, the
-request is resent with the rebuilt body (hidden metadata stripped). When nobody retries, the
-error response goes back to the SDK, which raises exactly what the caller would have seen.
+The middleware runs inside the SDK's retry loop, once per attempt, and makes a run of each
+Messages request (:class:`~prefill_guard.run.Run`), sent through the same loop as the Agent's.
+Transient errors that the SDK is about to retry are left to it; any other error response is
+turned into the SDK's own typed error and given to the processors, and if one asks to retry,
+the request is resent with the rebuilt body (hidden metadata stripped). When nobody retries,
+the error response goes back to the SDK, which raises exactly what the caller would have seen.
 """
 
 from __future__ import annotations
@@ -24,35 +25,24 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anthropic
-from anthropic import APIRequest, APIResponse, AsyncAPIResponse
+from anthropic import APIRequest, APIResponse, APIStatusError, AsyncAPIResponse
 from anthropic._base_client import AsyncAPIClient, SyncAPIClient
 
 from .errors import status_error_from_response
-from .messages import MessageList, _api_shaped
-from .pipeline import AnyProcessor, Generation, Pipeline, run_async, run_sync
-from .processors import RequestParams
+from .messages import MessageList
+from .processors import default_processors
+from .retries import RetryPolicy
+from .run import AnyProcessor, Pipeline, Run, asend_with_retries, send_with_retries
 
 __all__ = ["ErrorProcessorMiddleware", "guard", "install", "installed", "uninstall"]
 
 logger = logging.getLogger("prefill_guard")
 
 ClientT = TypeVar("ClientT", bound="SyncAPIClient | AsyncAPIClient")
-RequestBody = dict[str, Any]
 
 _MESSAGES_PATHS = ("/v1/messages",)
-_MESSAGES_URLS = frozenset(("/v1/messages", "/v1/messages?beta=true"))
-"""The URLs the SDK's own Messages resources use: recognised without parsing them."""
-
-
-def _recommended_processors() -> list[AnyProcessor]:
-    from . import processors  # the recommended stack lives with the processors
-
-    stack: Callable[[], list[AnyProcessor]] | None = getattr(processors, "default_processors", None)
-    if stack is not None:
-        return stack()
-    from .adaptive import AdaptivePrefillGuard
-
-    return [AdaptivePrefillGuard(), processors.PrefillErrorHandler()]
+_NO_TRANSIENT_RETRIES = RetryPolicy(max_retries=0)
+"""A guarded client's runs retry nothing transient themselves: that is the SDK's retry loop's."""
 
 
 class ErrorProcessorMiddleware(anthropic.Middleware):
@@ -71,7 +61,7 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         *,
         max_processor_retries: int = 3,
     ) -> None:
-        chosen = _recommended_processors() if processors is None else processors
+        chosen = default_processors() if processors is None else processors
         self.pipeline = Pipeline(chosen, max_processor_retries=max_processor_retries)
         self.enabled = True
 
@@ -80,105 +70,83 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         return f"ErrorProcessorMiddleware(processors={ids}, enabled={self.enabled})"
 
     def handle(self, request: APIRequest, call_next: Callable[[APIRequest], Any]) -> Any:
-        """The synchronous client's hook."""
-        begun = self._begin(request)
-        if begun is None:
+        """The synchronous client's hook: one run over the request, through the run's loop."""
+        run = self._run(request)
+        if run is None:
             return call_next(request)
-        request, generation = begun
-        response = call_next(request)
-        # A low-level call (cast_to=httpx2.Response) gets the raw response back from the chain,
-        # which the SDK returns as it is, error status or not: so do we.
-        while isinstance(response, APIResponse) and not response.http_response.is_success:
+        failed: list[APIResponse[Any]] = []  # the last error response, once it came
+
+        def send(body: dict[str, Any]) -> Any:
+            if failed:
+                failed.pop().http_response.close()
+            response = call_next(_rebuilt(request, body))
+            # A low-level call (cast_to=httpx2.Response) gets the raw response back from the
+            # chain, which the SDK returns as it is, error status or not: so do we.
+            if not isinstance(response, APIResponse) or response.http_response.is_success:
+                return response
             response.http_response.read()
             if _sdk_will_retry(request, response):
                 return response
-            if not isinstance(generation, Generation):
-                generation = self._generation(generation)
-            if not run_sync(generation.failed(status_error_from_response(response))):
-                return response
-            response.http_response.close()
-            request = request.copy(body=generation.request())
-            response = call_next(request)
-        return response
+            failed.append(response)
+            raise status_error_from_response(response)
+
+        try:
+            return send_with_retries(run, send)
+        except APIStatusError:
+            if not failed:
+                raise
+            return failed[0]  # the SDK raises its own error for it, as without the guard
 
     async def handle_async(
         self, request: APIRequest, call_next: Callable[[APIRequest], Any]
     ) -> Any:
         """The async client's hook: the same steps, with ``async def`` processors awaited."""
-        begun = self._begin(request)
-        if begun is None:
+        run = self._run(request)
+        if run is None:
             return await call_next(request)
-        request, generation = begun
-        response = await call_next(request)
-        while isinstance(response, AsyncAPIResponse) and not response.http_response.is_success:
+        failed: list[AsyncAPIResponse[Any]] = []
+
+        async def send(body: dict[str, Any]) -> Any:
+            if failed:
+                await failed.pop().http_response.aclose()
+            response = await call_next(_rebuilt(request, body))
+            if not isinstance(response, AsyncAPIResponse) or response.http_response.is_success:
+                return response
             await response.http_response.aread()
             if _sdk_will_retry(request, response):
                 return response
-            if not isinstance(generation, Generation):
-                generation = self._generation(generation)
-            if not await run_async(generation.failed(status_error_from_response(response))):
-                return response
-            await response.http_response.aclose()
-            request = request.copy(body=generation.request())
-            response = await call_next(request)
-        return response
+            failed.append(response)
+            raise status_error_from_response(response)
 
-    def _begin(self, request: APIRequest) -> tuple[APIRequest, Generation | RequestBody] | None:
-        """A Messages request's first attempt and its generation, or None for anything else
-        (passed through untouched).
+        try:
+            return await asend_with_retries(run, send)
+        except APIStatusError:
+            if not failed:
+                raise
+            return failed[0]
 
-        In the common case the generation is not made yet, which costs the least: a body
-        already in the API's shape, for which no ``before_send`` hook would be called (every
-        hook is marked ``only_on_prefill`` and the conversation ends with a user turn), or
-        whose hooks only append and appended nothing. The request then goes out as it came,
-        and in place of the generation comes its body, made into one only if the request
-        fails. The body is not copied: the SDK, and its Bedrock and Vertex clients, copy a
-        request's options before they change them.
-        """
+    def _run(self, request: APIRequest) -> Run | None:
+        """A run over a Messages request's body, or ``None`` for anything else (passed
+        through untouched): another endpoint, or a body that is not a conversation."""
         if not self.enabled or request.method.lower() != "post":
             return None
-        url = request.url
-        if url not in _MESSAGES_URLS and urlsplit(url).path.rstrip("/") not in _MESSAGES_PATHS:
+        if urlsplit(request.url).path.rstrip("/") not in _MESSAGES_PATHS:
             return None
         body = request.json
-        if not isinstance(body, dict) or not isinstance(raw := body.get("messages"), list):
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return None
-        pipeline = self.pipeline
-        if pipeline.appends_only_before_send and _api_shaped(raw):
-            # pipeline._is_prefill, inline: this runs for every request
-            if pipeline.before_send_only_on_prefill and not (
-                raw and raw[-1]["role"] == "assistant"
-            ):
-                return request, body  # no hook to call
-            params = _request_params(body)
-            messages = MessageList._borrow(raw)
-            # Rebuilding the request means request.copy(), which deep-copies the whole body.
-            # Hooks that only append leave the messages borrowed, exactly what to_api() would
-            # give back: unless one appended, the request goes out as it came.
-            if not pipeline.run_appending_hooks(messages, params):
-                return request, body
-            generation = Generation(pipeline, messages, params, borrowed=True)
-        else:
-            try:
-                messages = MessageList(raw)
-            except (TypeError, ValueError) as exc:
-                logger.debug("passing a Messages request through untouched: %s", exc)
-                return None
-            generation = pipeline.begin(messages, _request_params(body))
-        return request.copy(body=generation.request()), generation
-
-    def _generation(self, body: RequestBody) -> Generation:
-        """The generation of a request that went out as it came (see :meth:`_begin`), made
-        once it has failed: it starts where :meth:`Pipeline.begin` would have left it."""
-        messages = MessageList._borrow(body["messages"])
-        return Generation(self.pipeline, messages, _request_params(body), borrowed=True)
+        try:
+            messages = MessageList(body["messages"])
+        except (TypeError, ValueError) as exc:
+            logger.debug("passing a Messages request through untouched: %s", exc)
+            return None
+        params = {key: value for key, value in body.items() if key != "messages"}
+        return Run(self.pipeline, _NO_TRANSIENT_RETRIES, messages, params, consults=APIStatusError)
 
 
-def _request_params(body: RequestBody) -> RequestParams:
-    """A request body's parameters: a new dict of all but ``messages`` (values shared)."""
-    params = dict(body)
-    del params["messages"]
-    return params
+def _rebuilt(request: APIRequest, body: dict[str, Any]) -> APIRequest:
+    """The request with ``body``: the very request when the body is what it already sends."""
+    return request if body == request.json else request.copy(body=body)
 
 
 def _sdk_will_retry(

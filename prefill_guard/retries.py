@@ -1,11 +1,11 @@
-"""The two retry loops of one generation, both built on tenacity.
+"""The transient retry policy: which failures are worth sending again, how often, how long.
 
-The *inner* loop retries transient failures (408, 409, 429, 5xx, 529, connection errors and
-timeouts, SSE ``overloaded_error``/``api_error`` events) up to ``max_retries`` times, honouring
+Transient failures (408, 409, 429, 5xx, 529, connection errors and timeouts, SSE
+``overloaded_error``/``api_error`` events) are retried up to ``max_retries`` times, honouring
 ``retry-after-ms`` and ``retry-after`` and otherwise backing off exponentially with jitter.
-The *outer* loop hands whatever error is left to the processor pipeline
-(:class:`~prefill_guard.pipeline.Generation`), which decides whether to retry. Controllers are
-built per call and never shared; tenacity's types stay inside this module.
+Tenacity's stop and wait strategies compute the budget and the waits; the loop that sends is
+the run's (:mod:`prefill_guard.run`). Whatever a transient retry does not answer goes to the
+processors. tenacity's types stay inside this module.
 """
 
 from __future__ import annotations
@@ -16,42 +16,26 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 import anthropic
 import httpx2
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_never,
-    wait_exponential,
-    wait_none,
-    wait_random,
-)
+from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponential, wait_random
 
 from .errors import api_error_type
-from .pipeline import Generation, run_async, run_sync
 
 __all__ = [
     "OnRetry",
     "RetryDetails",
     "RetryPolicy",
-    "acall_with_retries",
-    "aresume_with_retries",
-    "call_with_retries",
+    "TransientBudget",
     "is_transient",
-    "resume_with_retries",
     "retry_after",
 ]
 
 logger = logging.getLogger("prefill_guard")
-
-T = TypeVar("T")
 
 _TRANSIENT_STATUSES = frozenset((408, 409, 429))
 _TRANSIENT_STREAM_ERRORS = frozenset(("overloaded_error", "api_error"))
@@ -133,14 +117,28 @@ def _finite(text: str | None) -> float | None:
     return number if math.isfinite(number) else None
 
 
+TransientBudget = RetryCallState
+"""One round of transient retries (tenacity's state: the attempt number and the last failure);
+a processor's retry starts a fresh one."""
+
+
 class RetryPolicy:
     """The Agent's retry settings: the transient budget, the cap on waits, hooks, sleeping.
 
     ``sleep`` replaces real sleeping (tests pass a recorder); in async runs an awaitable
-    result is awaited. Immutable after construction and safe to share.
+    result is awaited. Immutable after construction and safe to share: the state of one run's
+    transient retries is a :data:`TransientBudget` of its own.
     """
 
-    __slots__ = ("_backoff", "max_retries", "max_retry_delay", "on_retry", "sleep")
+    __slots__ = (
+        "_backoff",
+        "_controller",
+        "_stop",
+        "max_retries",
+        "max_retry_delay",
+        "on_retry",
+        "sleep",
+    )
 
     def __init__(
         self,
@@ -182,12 +180,26 @@ class RetryPolicy:
         self._backoff = wait_exponential(
             multiplier=_BACKOFF_INITIAL, max=min(_BACKOFF_MAX, self.max_retry_delay)
         ) + wait_random(0, _BACKOFF_INITIAL)
+        self._stop = stop_after_attempt(max_retries + 1)
+        # Owns the states only (their repr names it); it never runs anything.
+        self._controller = Retrying(stop=self._stop, wait=self._backoff)
 
-    def wait(self, state: RetryCallState) -> float:
-        """A tenacity wait: the API's retry-after when given, else backoff; capped either way."""
-        error = _failure(state)
-        asked = retry_after(error) if error is not None else None
-        delay = asked if asked is not None else float(self._backoff(state))
+    def new_budget(self) -> TransientBudget:
+        """A fresh round of transient retries."""
+        return RetryCallState(self._controller, None, (), {})
+
+    def transient_wait(self, budget: TransientBudget, error: BaseException) -> float | None:
+        """The seconds to wait before sending again after ``error``, or ``None``: the error is
+        not transient, or ``budget`` has no retry left. A retry-after from the API wins over
+        the backoff; either is capped at ``max_retry_delay``."""
+        if not is_transient(error):
+            return None
+        budget.set_exception((type(error), error, error.__traceback__))
+        if self._stop(budget):
+            return None
+        asked = retry_after(error)
+        delay = asked if asked is not None else float(self._backoff(budget))
+        budget.prepare_for_next_attempt()
         return min(delay, self.max_retry_delay)
 
     def report(self, details: RetryDetails) -> None:
@@ -208,7 +220,8 @@ class RetryPolicy:
             except Exception:
                 logger.exception("on_retry hook %r raised; ignored", hook)
 
-    def _sync_sleep(self, seconds: float) -> None:
+    def sleep_sync(self, seconds: float) -> None:
+        """Wait ``seconds`` in a synchronous run (with ``sleep`` if one was given)."""
         if self.sleep is None:
             time.sleep(seconds)
             return
@@ -218,7 +231,8 @@ class RetryPolicy:
                 result.close()
             raise TypeError("an async sleep function cannot be used by a synchronous run")
 
-    async def _async_sleep(self, seconds: float) -> None:
+    async def sleep_async(self, seconds: float) -> None:
+        """Wait ``seconds`` in an async run (awaiting ``sleep``'s result if it is awaitable)."""
         if self.sleep is None:
             await asyncio.sleep(seconds)
             return
@@ -230,184 +244,3 @@ class RetryPolicy:
 def _status_text(error: BaseException) -> str:
     status = getattr(error, "status_code", None)
     return f" ({status})" if status is not None else ""
-
-
-def _failure(state: RetryCallState) -> BaseException | None:
-    outcome = state.outcome
-    if outcome is None or not outcome.failed:
-        return None
-    return outcome.exception()
-
-
-def _transient_retry_hook(
-    generation: Generation, policy: RetryPolicy
-) -> Callable[[RetryCallState], None]:
-    def before_sleep(state: RetryCallState) -> None:
-        error = _failure(state)
-        assert error is not None  # tenacity only sleeps after a failed attempt
-        wait = float(state.upcoming_sleep)
-        attempt = generation.transient_failed(error, wait)
-        policy.report(
-            RetryDetails("transient", attempt.number, error, wait, None, attempt.request_id)
-        )
-
-    return before_sleep
-
-
-def _transient_loop(
-    generation: Generation, policy: RetryPolicy, sleep: Callable[[float], None]
-) -> Retrying:
-    """The controller of the transient loop: which failures are retried, how often, how long."""
-    return Retrying(
-        retry=retry_if_exception(is_transient),
-        stop=stop_after_attempt(policy.max_retries + 1),
-        wait=policy.wait,
-        sleep=sleep,
-        before_sleep=_transient_retry_hook(generation, policy),
-        reraise=True,
-    )
-
-
-async def _aretry_transient(
-    generation: Generation,
-    policy: RetryPolicy,
-    send: Callable[[dict[str, Any]], Awaitable[T]],
-    replay: list[BaseException],
-) -> T:
-    """The transient loop of an async run; ``replay`` holds a failure already seen, if any.
-
-    Tenacity's synchronous controller decides every retry and wait through its documented
-    ``for attempt in`` protocol; its ``sleep`` only notes the wait, which is awaited here
-    before the next attempt. ``AsyncRetrying`` makes the same decisions at several times the
-    CPU cost per attempt (it checks every callback for being a coroutine function on every
-    step), which thousands of concurrent conversations meeting a 529 pay in throughput.
-    """
-    waits: list[float] = []
-    for attempt in _transient_loop(generation, policy, waits.append):
-        if waits:
-            await policy._async_sleep(waits.pop())
-        with attempt:
-            if replay:
-                raise replay.pop()
-            result = await send(generation.request())
-    return result
-
-
-def _report_processor_retry(generation: Generation, policy: RetryPolicy) -> None:
-    attempt = generation.attempts[-1]
-    assert attempt.error is not None
-    policy.report(
-        RetryDetails(
-            "processor", attempt.number, attempt.error, 0.0, attempt.retried_by, attempt.request_id
-        )
-    )
-
-
-def call_with_retries(
-    generation: Generation, policy: RetryPolicy, send: Callable[[dict[str, Any]], T]
-) -> T:
-    """Send the generation's request until it succeeds or neither loop retries.
-
-    On give-up the original exception object is raised unchanged.
-
-    The loops are entered only as far as they are needed: building and driving tenacity's
-    controllers costs more than the rest of the library's work per request. The first request
-    is sent before any controller exists (most succeed); if it fails, the loops take over as
-    :func:`resume_with_retries` describes.
-    """
-    try:
-        return send(generation.request())
-    except BaseException as error:  # everything tenacity would catch goes on to the loops
-        failure = error
-    return resume_with_retries(generation, policy, send, failure)
-
-
-def resume_with_retries(
-    generation: Generation,
-    policy: RetryPolicy,
-    send: Callable[[dict[str, Any]], T],
-    failure: BaseException,
-) -> T:
-    """Carry on a generation whose first request, sent without the loops, failed with ``failure``.
-
-    If the failure is transient, the transient loop takes over with it as its first attempt (a
-    529 that succeeds on the retry never builds the processor loop); otherwise, or if the
-    transient loop gives up, the processor loop takes over with the error as the outcome of its
-    first attempt. Every hook, wait, record and decision is the same as if the loops had made
-    the first request themselves. ``generation`` must have no attempts yet: it is the state the
-    first request was built from (:meth:`Pipeline.begin`, or a generation made after
-    :meth:`Pipeline.run_appending_hooks`).
-    """
-    replay: list[BaseException] = []  # an outcome already seen, given to a loop as an attempt's
-
-    def send_once() -> T:
-        if replay:
-            raise replay.pop()
-        return send(generation.request())
-
-    transient = _transient_loop(generation, policy, policy._sync_sleep)
-    if is_transient(failure):  # else the transient loop would re-raise it at once
-        replay.append(failure)
-        try:
-            return transient(send_once)
-        except BaseException as error:
-            failure = error
-
-    def should_retry(state: RetryCallState) -> bool:
-        error = _failure(state)
-        if error is None or not run_sync(generation.failed(error)):
-            return False
-        _report_processor_retry(generation, policy)
-        return True
-
-    def attempt() -> T:
-        if replay:
-            raise replay.pop()
-        return transient(send_once)
-
-    replay.append(failure)
-    processors = Retrying(retry=should_retry, stop=stop_never, wait=wait_none(), reraise=True)
-    return processors(attempt)
-
-
-async def acall_with_retries(
-    generation: Generation, policy: RetryPolicy, send: Callable[[dict[str, Any]], Awaitable[T]]
-) -> T:
-    """The async twin of :func:`call_with_retries`; ``async def`` processors are awaited."""
-    try:
-        return await send(generation.request())
-    except BaseException as error:  # cancellation too: the loops below see it as tenacity would
-        failure = error
-    return await aresume_with_retries(generation, policy, send, failure)
-
-
-async def aresume_with_retries(
-    generation: Generation,
-    policy: RetryPolicy,
-    send: Callable[[dict[str, Any]], Awaitable[T]],
-    failure: BaseException,
-) -> T:
-    """The async twin of :func:`resume_with_retries`."""
-    replay: list[BaseException] = []
-    if is_transient(failure):
-        replay.append(failure)
-        try:
-            return await _aretry_transient(generation, policy, send, replay)
-        except BaseException as error:
-            failure = error
-
-    async def should_retry(state: RetryCallState) -> bool:
-        error = _failure(state)
-        if error is None or not await run_async(generation.failed(error)):
-            return False
-        _report_processor_retry(generation, policy)
-        return True
-
-    async def attempt() -> T:
-        if replay:
-            raise replay.pop()
-        return await _aretry_transient(generation, policy, send, replay)
-
-    replay.append(failure)
-    processors = AsyncRetrying(retry=should_retry, stop=stop_never, wait=wait_none(), reraise=True)
-    return await processors(attempt)

@@ -26,7 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol, TypeVar, runtime_checkable
 
-from .messages import MessageList, RawMessage
+from .contract import RawMessage
+from .messages import MessageList
 
 __all__ = ["MemoryStore", "SQLiteStore", "StoreError", "ThreadStore", "check_thread_id"]
 

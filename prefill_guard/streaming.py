@@ -1,17 +1,17 @@
-"""Streaming generations: ``Agent.stream()`` / ``Agent.astream()`` through the same retry loops.
+"""Streamed runs: ``Agent.stream()`` / ``Agent.astream()`` through the same retry loop.
 
 Opening a stream is one *attempt*: send the request and read events up to the first content
 event. Everything that fails before content reaches the consumer (a 400 when the stream opens,
-a 529, an SSE ``error`` event, a dropped connection) is retried by the same two loops as
-``generate``. Once content has reached the consumer there is no silent retry: the original
-error is raised with the text received so far on it as ``partial_text``, and no partial
-assistant message is put into the conversation. A new SDK stream manager is made per attempt.
+a 529, an SSE ``error`` event, a dropped connection) is retried by the same loop as
+``generate`` (:func:`~prefill_guard.run.send_with_retries`). Once content has reached the
+consumer there is no silent retry: the original error is raised with the text received so far
+on it as ``partial_text``, and no partial assistant message is put into the conversation. A
+new SDK stream manager is made per attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sys
@@ -31,30 +31,16 @@ from anthropic.lib.streaming import (
 )
 from anthropic.types import Message
 
-from .pipeline import Generation, RunResult
-from .retries import RetryPolicy, acall_with_retries, call_with_retries
+from .contract import AsyncClient, SyncClient
+from .errors import set_partial_text
+from .run import Run, RunResult, asend_with_retries, send_with_retries
 
-__all__ = ["AgentStream", "AsyncAgentStream", "AsyncClient", "SyncClient", "partial_text"]
-
-SyncClient = anthropic.Anthropic | anthropic.AnthropicBedrock | anthropic.AnthropicVertex
-"""A synchronous anthropic client: ``Anthropic`` or its Bedrock and Vertex variants."""
-AsyncClient = (
-    anthropic.AsyncAnthropic | anthropic.AsyncAnthropicBedrock | anthropic.AsyncAnthropicVertex
-)
-"""An async anthropic client: ``AsyncAnthropic`` or its Bedrock and Vertex variants."""
+__all__ = ["AgentStream", "AsyncAgentStream"]
 
 logger = logging.getLogger("prefill_guard")
 
-_PARTIAL_TEXT = "partial_text"
-
 if TYPE_CHECKING:  # the SDK's alias is only subscriptable for type checkers
     StreamEvent: TypeAlias = ParsedMessageStreamEvent[Any]
-
-
-def partial_text(error: BaseException) -> str | None:
-    """The text a stream had delivered before ``error`` interrupted it, or ``None``."""
-    value = getattr(error, _PARTIAL_TEXT, None)
-    return value if isinstance(value, str) else None
 
 
 def _is_content(event: StreamEvent) -> bool:
@@ -103,8 +89,8 @@ def _cut_short(request: httpx2.Request) -> anthropic.APIConnectionError:
 class _Tracker:
     """The I/O-free part shared by both twins: pending events, partial text, the result."""
 
-    def __init__(self, generation: Generation) -> None:
-        self.generation = generation
+    def __init__(self, run: Run) -> None:
+        self.run = run
         self.pending: deque[StreamEvent] = deque()
         self.texts: list[str] = []
         self.stopped = False
@@ -134,8 +120,7 @@ class _Tracker:
 
     def interrupted(self, error: BaseException) -> None:
         received = "".join(self.texts)
-        with contextlib.suppress(AttributeError):  # a __slots__ exception has no room for it
-            setattr(error, _PARTIAL_TEXT, received)
+        set_partial_text(error, received)
         logger.warning(
             "stream interrupted by %s after %d characters reached the consumer; not retried",
             type(error).__name__,
@@ -143,7 +128,7 @@ class _Tracker:
         )
 
     def finish(self, message: Message, request_id: str | None) -> RunResult:
-        self.result = self.generation.succeeded(message, request_id)
+        self.result = self.run.succeeded(message, request_id)
         return self.result
 
     def require_result(self) -> RunResult:
@@ -242,27 +227,19 @@ class AgentStream:
     """
 
     def __init__(
-        self,
-        client: SyncClient,
-        generation: Generation,
-        policy: RetryPolicy,
-        *,
-        on_finish: Callable[[], None] | None = None,
+        self, client: SyncClient, run: Run, *, on_finish: Callable[[], None] | None = None
     ) -> None:
         self._client = client
         self._on_finish = on_finish
-        self._policy = policy
-        self._tracker = _Tracker(generation)
+        self._tracker = _Tracker(run)
         self._manager: MessageStreamManager | None = None
         self._stream: MessageStream | None = None
 
     def __enter__(self) -> AgentStream:
         if self._manager is not None:
             raise RuntimeError("this stream was already entered; call agent.stream() again")
-        self._manager, self._stream, head = call_with_retries(
-            self._tracker.generation,
-            self._policy,
-            lambda request: _open(self._client, request, self._tracker),
+        self._manager, self._stream, head = send_with_retries(
+            self._tracker.run, lambda request: _open(self._client, request, self._tracker)
         )
         self._tracker.pending.extend(head)
         return self
@@ -311,27 +288,19 @@ class AsyncAgentStream:
     """The async twin of :class:`AgentStream`: ``async with agent.astream(messages) as s:``."""
 
     def __init__(
-        self,
-        client: AsyncClient,
-        generation: Generation,
-        policy: RetryPolicy,
-        *,
-        on_finish: Callable[[], None] | None = None,
+        self, client: AsyncClient, run: Run, *, on_finish: Callable[[], None] | None = None
     ) -> None:
         self._client = client
         self._on_finish = on_finish
-        self._policy = policy
-        self._tracker = _Tracker(generation)
+        self._tracker = _Tracker(run)
         self._manager: AsyncMessageStreamManager | None = None
         self._stream: AsyncMessageStream | None = None
 
     async def __aenter__(self) -> AsyncAgentStream:
         if self._manager is not None:
             raise RuntimeError("this stream was already entered; call agent.astream() again")
-        self._manager, self._stream, head = await acall_with_retries(
-            self._tracker.generation,
-            self._policy,
-            lambda request: _aopen(self._client, request, self._tracker),
+        self._manager, self._stream, head = await asend_with_retries(
+            self._tracker.run, lambda request: _aopen(self._client, request, self._tracker)
         )
         self._tracker.pending.extend(head)
         return self

@@ -51,6 +51,7 @@ import anthropic
 import httpx2
 
 from . import models
+from .params import SAMPLING_PARAMETERS
 
 __all__ = [
     "DEFAULT_REPLY_TEXT",
@@ -113,7 +114,6 @@ FORCED_TOOL_CHOICE_MESSAGE: Final[str] = (
     'tool_choice: type "tool" and "any" are not supported for this model.'
 )
 """The API's 400 when a model of the 5-5 generation gets a forced ``tool_choice``."""
-SAMPLING_PARAMETERS: Final[tuple[str, ...]] = ("temperature", "top_p", "top_k")
 _EFFORTS: Final[tuple[str, ...]] = ("low", "medium", "high", "xhigh", "max")
 _THINKING_TYPES: Final[tuple[str, ...]] = ("enabled", "disabled", "adaptive")
 

@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 
 from prefill_guard import (
-    AdaptivePrefillGuard,
+    AdaptivePrefillHandler,
     Agent,
     MessageList,
     PrefillErrorHandler,
-    PrefillKnowledge,
     default_processors,
     guard,
     shared_knowledge,
 )
+from prefill_guard.knowledge import PrefillKnowledge
 from prefill_guard.testing import PREFILL_MESSAGE, AnthropicEmulator, Fault
 
 REMINDER_ON_WIRE = {"role": "user", "content": "<system-reminder>continue</system-reminder>"}
@@ -94,7 +94,7 @@ def test_learning_is_thread_safe() -> None:
 
 def test_before_send_adds_the_reminder_only_when_needed() -> None:
     """Only for a known model and a conversation that ends with an assistant turn."""
-    guard_step = AdaptivePrefillGuard()
+    guard_step = AdaptivePrefillHandler()
     ends_with_user = MessageList([{"role": "user", "content": "hi"}])
     guard_step.before_send(messages=ends_with_user, params={"model": "claude-opus-4-6"})
     assert len(ends_with_user) == 1
@@ -115,7 +115,7 @@ def test_agent_known_model_takes_one_request(anthropic_emulator: AnthropicEmulat
         agent = Agent(
             "claude-opus-4-6",
             client=client,
-            error_processors=[AdaptivePrefillGuard(), PrefillErrorHandler()],
+            error_processors=[AdaptivePrefillHandler(), PrefillErrorHandler()],
         )
         result = agent.generate(_ends_with_assistant())
     assert len(anthropic_emulator.message_requests) == 1
@@ -130,7 +130,7 @@ def test_agent_unknown_model_two_requests_first_then_one(anthropic_emulator_acme
         agent = Agent(
             "acme-1",
             client=client,
-            error_processors=[AdaptivePrefillGuard(), PrefillErrorHandler()],
+            error_processors=[AdaptivePrefillHandler(), PrefillErrorHandler()],
         )
         counts = []
         for i in range(4):
@@ -146,7 +146,7 @@ async def test_middleware_unknown_model_two_requests_first_then_one(
     """The same through guard(), with one shared guard learning across requests."""
     emulator: AnthropicEmulator = anthropic_emulator_acme
     async with emulator.async_client() as client:
-        guarded = guard(client, [AdaptivePrefillGuard(), PrefillErrorHandler()])
+        guarded = guard(client, [AdaptivePrefillHandler(), PrefillErrorHandler()])
         counts = []
         for i in range(3):
             before = len(emulator.message_requests)
@@ -163,7 +163,7 @@ def test_prefill_accepting_model_is_never_changed(anthropic_emulator: AnthropicE
         agent = Agent(
             "claude-haiku-4-5",
             client=client,
-            error_processors=[AdaptivePrefillGuard(), PrefillErrorHandler()],
+            error_processors=[AdaptivePrefillHandler(), PrefillErrorHandler()],
         )
         agent.generate(_ends_with_assistant())
     assert [r.body["messages"] for r in anthropic_emulator.message_requests] == [
@@ -180,7 +180,7 @@ def test_a_wrong_entry_costs_one_reminder_never_a_failure(
         agent = Agent(
             "claude-haiku-4-5",
             client=client,
-            error_processors=[AdaptivePrefillGuard(knowledge), PrefillErrorHandler()],
+            error_processors=[AdaptivePrefillHandler(knowledge), PrefillErrorHandler()],
         )
         result = agent.generate(_ends_with_assistant())
     assert len(anthropic_emulator.message_requests) == 1
@@ -191,13 +191,13 @@ def test_a_wrong_entry_costs_one_reminder_never_a_failure(
 def test_exported_knowledge_saves_the_first_round_trip(anthropic_emulator_acme: Any) -> None:
     """Knowledge exported by one guard and preloaded into another: 1 request from the start."""
     emulator: AnthropicEmulator = anthropic_emulator_acme
-    first = AdaptivePrefillGuard()
+    first = AdaptivePrefillHandler()
     with emulator.client() as client:
         Agent("acme-1", client=client, error_processors=[first, PrefillErrorHandler()]).generate(
             _ends_with_assistant()
         )
         emulator.reset()
-        second = AdaptivePrefillGuard(PrefillKnowledge(first.knowledge.export()))
+        second = AdaptivePrefillHandler(PrefillKnowledge(first.knowledge.export()))
         Agent("acme-1", client=client, error_processors=[second, PrefillErrorHandler()]).generate(
             _ends_with_assistant()
         )
@@ -234,7 +234,7 @@ def test_an_explicit_knowledge_object_is_still_its_own(anthropic_emulator_acme: 
     emulator: AnthropicEmulator = anthropic_emulator_acme
     own = PrefillKnowledge()
     with emulator.client() as client:
-        guarded = guard(client, [AdaptivePrefillGuard(own), PrefillErrorHandler()])
+        guarded = guard(client, [AdaptivePrefillHandler(own), PrefillErrorHandler()])
         guarded.messages.create(model="acme-1", max_tokens=16, messages=_ends_with_assistant())
     assert own.export() == ["acme-1"]
     assert shared_knowledge().export() == []

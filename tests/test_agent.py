@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from typing import Any
 
@@ -16,19 +15,10 @@ from prefill_guard import (
     PrefillErrorHandler,
     ProcessAPIErrorResult,
     RunResult,
+    api_message,
     default_processors,
-    shared_knowledge,
 )
-from prefill_guard import agent as agent_module
-from prefill_guard import pipeline as pipeline_module
-from prefill_guard.errors import api_message
-from prefill_guard.pipeline import Generation
-from prefill_guard.testing import (
-    DEFAULT_REPLY_TEXT,
-    PREFILL_MESSAGE,
-    AnthropicEmulator,
-    Fault,
-)
+from prefill_guard.testing import DEFAULT_REPLY_TEXT, PREFILL_MESSAGE, AnthropicEmulator, Fault
 
 from .conftest import AsyncPrefillRepair, EditsInPlace, ErrorRecorder, SwitchModel
 
@@ -420,136 +410,70 @@ def test_errors_name_the_method_that_was_called() -> None:
         Agent(MODEL, client=aclient).astream("hi", stream=True)
 
 
-# -- the first request without a generation ---------------------------------------------------
-# When every before_send hook only appends (the default stack), generate/agenerate send the
-# first request without a Generation and make one only if it fails. These tests run the same
-# scenario down both paths and compare everything a caller or the API can see.
-
-
-class _MayEditProbe:
-    """A processor whose ``before_send`` is not marked ``appends_only`` (so the Agent takes the
-    generation's path from the first request), though it changes nothing."""
-
-    id = "may-edit-probe"
-
-    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
-        return None
-
-    def process_api_error(
-        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
-    ) -> None:
-        return None
-
+# -- request counts, scenario by scenario -----------------------------------------------------
 
 OTHER_400 = Fault(
     400, {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}
 )
 ENDS_WITH_USER = [{"role": "user", "content": "Suggest a name for a grey cat."}]
 OVERLOADED = Fault(529, headers={"retry-after-ms": "5"})
-SCENARIOS: dict[str, tuple[str, list[dict[str, Any]], tuple[Fault, ...], int]] = {
-    # name: (model, conversation, faults scripted, requests expected)
-    "success": (MODEL, ENDS_WITH_USER, (), 1),
-    "the guard appends first": (MODEL, ENDS_WITH_ASSISTANT, (), 1),
-    "an unknown model is repaired": ("claude-nova-1", ENDS_WITH_ASSISTANT, (), 2),
-    "a 529, then success": (MODEL, ENDS_WITH_USER, (OVERLOADED,), 2),
-    "a 529, then a repair": ("claude-nova-1", ENDS_WITH_ASSISTANT, (OVERLOADED,), 3),
-    "a 400 no processor repairs": (MODEL, ENDS_WITH_USER, (OTHER_400,), 1),
-    "529 until the budget is spent": (MODEL, ENDS_WITH_USER, (OVERLOADED,) * 3, 3),
+SCENARIOS: dict[str, tuple[str, list[dict[str, Any]], tuple[Fault, ...], int, list[Any]]] = {
+    # name: (model, conversation, faults scripted, requests expected, what follows each attempt)
+    "success": (MODEL, ENDS_WITH_USER, (), 1, [None]),
+    "the guard appends first": (MODEL, ENDS_WITH_ASSISTANT, (), 1, [None]),
+    "an unknown model is repaired": (
+        "claude-nova-1",
+        ENDS_WITH_ASSISTANT,
+        (),
+        2,
+        ["processor", None],
+    ),
+    "a 529, then success": (MODEL, ENDS_WITH_USER, (OVERLOADED,), 2, ["transient", None]),
+    "a 529, then a repair": (
+        "claude-nova-1",
+        ENDS_WITH_ASSISTANT,
+        (OVERLOADED,),
+        3,
+        ["transient", "processor", None],
+    ),
+    "a 400 no processor repairs": (MODEL, ENDS_WITH_USER, (OTHER_400,), 1, []),
+    "529 until the budget is spent": (MODEL, ENDS_WITH_USER, (OVERLOADED,) * 3, 3, []),
 }
-
-
-async def _run_scenario(
-    emulator: AnthropicEmulator, driver: str, scenario: str, *, probe: bool
-) -> dict[str, Any]:
-    """Everything observable about one run: the outcome, the records, the hooks, the wire."""
-    model, messages, faults, _ = SCENARIOS[scenario]
-    emulator.reset()
-    shared_knowledge().clear()  # each run starts as a new process would
-    emulator.script(*faults)
-    waits: list[float] = []
-    retries: list[Any] = []
-    processors = [*default_processors(), *([_MayEditProbe()] if probe else [])]
-    conversation = MessageList(messages)
-    options: dict[str, Any] = {
-        "error_processors": processors,
-        "sleep": waits.append,
-        "on_retry": [retries.append],
-    }
-    outcome: dict[str, Any] = {}
-    try:
-        if driver == "generate":
-            with emulator.client() as client:
-                agent = Agent(model, client=client, **options)
-                result = agent.generate(conversation)
-        else:
-            async with emulator.async_client() as client:
-                agent = Agent(model, client=client, **options)
-                result = await agent.agenerate(conversation)
-        assert agent.pipeline.appends_only_before_send is not probe  # the path under test
-    except anthropic.APIError as error:
-        outcome["error"] = (type(error), api_message(error))
-    else:
-        outcome["text"] = result.text
-        outcome["result messages are the conversation"] = result.messages is conversation
-        outcome["attempts"] = [
-            (a.number, type(a.error), a.retry, a.retried_by, a.wait, a.request_id is not None)
-            for a in result.attempts
-        ]
-    outcome["conversation"] = list(conversation)
-    outcome["retries"] = [
-        (d.kind, d.attempt, type(d.error), d.wait, d.processor_id) for d in retries
-    ]
-    outcome["waits"] = waits
-    outcome["wire"] = [r.body for r in emulator.message_requests]
-    return outcome
 
 
 @pytest.mark.parametrize("driver", ["generate", "agenerate"])
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-async def test_the_path_without_a_generation_matches_the_generations_path(
+async def test_each_scenario_makes_the_expected_requests(
     anthropic_emulator: AnthropicEmulator, driver: str, scenario: str
 ) -> None:
-    """Result, records, retry hooks, waits, the stored conversation and every request sent are
-    the same whether the first request goes out with a generation or without one."""
-    anthropic_emulator.set_rule("prefill", True)  # claude-nova-1 too, which no list knows
-    lean = await _run_scenario(anthropic_emulator, driver, scenario, probe=False)
-    full = await _run_scenario(anthropic_emulator, driver, scenario, probe=True)
-    assert lean == full
-    assert len(lean["wire"]) == SCENARIOS[scenario][3]
-
-
-@pytest.mark.parametrize("driver", ["generate", "agenerate"])
-@pytest.mark.parametrize("faults", [(), (OVERLOADED,), (OTHER_400,)], ids=["ok", "529", "400"])
-async def test_a_generation_is_made_only_when_the_first_request_fails(
-    anthropic_emulator: AnthropicEmulator,
-    monkeypatch: pytest.MonkeyPatch,
-    driver: str,
-    faults: tuple[Fault, ...],
-) -> None:
-    """With the default stack a successful first request makes no Generation; a failed one
-    makes exactly one, which the retry loops then carry on."""
-    made: list[Generation] = []
-
-    class Counted(Generation):
-        __slots__ = ()
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    for module in (agent_module, pipeline_module):  # Pipeline.begin makes one too
-        monkeypatch.setattr(module, "Generation", Counted)
+    """With the default stack: the requests sent, the retry that followed each attempt, the
+    waits and the retry hooks, for success, repairs, transient retries and give-ups."""
+    anthropic_emulator.set_rule("prefill", True)  # claude-nova-1 too, which no rule knows
+    model, messages, faults, requests, follows = SCENARIOS[scenario]
     anthropic_emulator.script(*faults)
-    with contextlib.suppress(anthropic.BadRequestError):
+    waits: list[float] = []
+    retries: list[Any] = []
+    options: dict[str, Any] = {
+        "error_processors": default_processors(),
+        "sleep": waits.append,
+        "on_retry": [retries.append],
+    }
+    conversation = MessageList(messages)
+    try:
         if driver == "generate":
             with anthropic_emulator.client() as client:
-                Agent(MODEL, client=client, sleep=lambda seconds: None).generate(ENDS_WITH_USER)
+                result = Agent(model, client=client, **options).generate(conversation)
         else:
             async with anthropic_emulator.async_client() as aclient:
-                agent = Agent(MODEL, client=aclient, sleep=lambda seconds: None)
-                await agent.agenerate(ENDS_WITH_USER)
-    assert len(made) == (1 if faults else 0)
-    assert len(anthropic_emulator.message_requests) == (2 if faults == (OVERLOADED,) else 1)
+                result = await Agent(model, client=aclient, **options).agenerate(conversation)
+    except anthropic.APIError:
+        assert follows == []
+    else:
+        assert [a.retry for a in result.attempts] == follows
+        assert result.messages is conversation
+        assert [d.kind for d in retries] == [f for f in follows if f is not None]
+    assert len(anthropic_emulator.message_requests) == requests
+    assert len(waits) == sum(1 for d in retries if d.kind == "transient")
 
 
 def test_a_nan_retry_delay_cannot_remove_the_cap() -> None:

@@ -22,10 +22,9 @@ from prefill_guard import (
     ProcessAPIErrorResult,
     SQLiteStore,
     StoreError,
-    append_system_reminder,
     default_processors,
-    is_system_reminder,
 )
+from prefill_guard.messages import append_system_reminder, is_system_reminder
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator, Fault
 
 MODEL = "claude-opus-4-6"

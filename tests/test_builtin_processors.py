@@ -15,30 +15,35 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from prefill_guard import MessageList, ProcessAPIErrorResult, Processor, is_system_reminder
-from prefill_guard.adaptive import AdaptivePrefillGuard
-from prefill_guard.middleware import guard
-from prefill_guard.pipeline import Pipeline
-from prefill_guard.processors import (
+from prefill_guard import (
+    AdaptivePrefillHandler,
+    MessageList,
+    ParamsProcessor,
+    PrefillErrorHandler,
+    ProcessAPIErrorResult,
+    Processor,
+    default_processors,
+    guard,
+)
+from prefill_guard.messages import (
     INTERRUPTED_TOOL_RESULT,
+    append_system_reminder,
+    interrupted_tool_results,
+    is_system_reminder,
+)
+from prefill_guard.params import drop_request_params, request_param, set_request_param
+from prefill_guard.processors import (
     PREFILL_REMINDER_TYPE,
     TOOL_CHOICE_REMINDER_TYPE,
     AdaptiveThinkingHandler,
     DeprecatedSamplingHandler,
     ForcedToolChoiceHandler,
     OrphanedToolUseHandler,
-    ParamsProcessor,
-    PrefillErrorHandler,
     SamplingConflictHandler,
     WhitespaceHandler,
-    append_system_reminder,
-    default_processors,
-    drop_request_params,
     effort_for_budget,
-    interrupted_tool_results,
-    request_param,
-    set_request_param,
 )
+from prefill_guard.run import Pipeline
 from prefill_guard.testing import (
     DEFAULT_REPLY_TEXT,
     FORCED_TOOL_CHOICE_MESSAGE,
@@ -684,7 +689,7 @@ BUILTINS: list[tuple[type[Any], str, str]] = [
 def test_default_processors_order_ids_and_freshness() -> None:
     """The documented order; a new list of new instances each call; a valid pipeline."""
     first, second = default_processors(), default_processors()
-    assert [type(p) for p in first] == [AdaptivePrefillGuard, *(cls for cls, _, _ in BUILTINS)]
+    assert [type(p) for p in first] == [AdaptivePrefillHandler, *(cls for cls, _, _ in BUILTINS)]
     assert [p.id for p in first][1:] == [processor_id for _, processor_id, _ in BUILTINS]
     assert first is not second
     assert all(a is not b for a, b in zip(first, second, strict=True))
@@ -697,11 +702,9 @@ def test_default_processors_order_ids_and_freshness() -> None:
 def test_builtin_identity_and_documented_error(
     cls: type[Any], processor_id: str, error_text: str
 ) -> None:
-    """Stable id and name, a protocol fit, a repr, and the docstring names the error."""
+    """A stable id, a protocol fit, a repr, and the docstring names the error."""
     processor = cls()
     assert processor.id == processor_id
-    assert isinstance(processor.name, str)
-    assert processor.name
     assert isinstance(processor, (Processor, ParamsProcessor))
     assert repr(processor).startswith(cls.__name__ + "(")
     assert error_text in " ".join((cls.__doc__ or "").split())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefill_guard.errors import api_error_type, api_message
+from prefill_guard import api_error_type, api_message
 from prefill_guard.testing import make_api_error
 
 

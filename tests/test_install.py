@@ -9,14 +9,8 @@ from typing import Any
 import anthropic
 import pytest
 
-from prefill_guard import (
-    ErrorProcessorMiddleware,
-    PrefillErrorHandler,
-    guard,
-    install,
-    installed,
-    uninstall,
-)
+from prefill_guard import ErrorProcessorMiddleware, PrefillErrorHandler, guard, install, uninstall
+from prefill_guard.middleware import installed
 from prefill_guard.testing import AnthropicEmulator
 
 ENDS_WITH_ASSISTANT: list[Any] = [

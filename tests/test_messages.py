@@ -9,8 +9,13 @@ from anthropic.types import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefill_guard import MessageList, is_system_reminder
-from prefill_guard.messages import MAX_NESTING, _api_shaped, check_input, system_reminder
+from prefill_guard import MessageList
+from prefill_guard.messages import (
+    MAX_NESTING,
+    check_input,
+    is_system_reminder,
+    system_reminder,
+)
 
 REMINDER = system_reminder("continue", "anthropic-prefill-processor-retry")
 
@@ -82,7 +87,7 @@ def test_anthropic_message_becomes_an_assistant_turn() -> None:
     """A Message response object is accepted and stored as plain assistant block dicts."""
     messages = MessageList([{"role": "user", "content": "hi"}, _reply()])
     assert messages[1] == {"role": "assistant", "content": [{"type": "text", "text": "Hi there."}]}
-    messages.append(_reply("again"))  # type: ignore[arg-type]
+    messages.append(_reply("again"))
     assert messages.to_api()[-1] == {
         "role": "assistant",
         "content": [{"type": "text", "text": "again"}],
@@ -187,80 +192,6 @@ def test_json_round_trip_is_the_identity(raw: list[dict[str, Any]]) -> None:
     assert list(MessageList.from_json(messages.to_json())) == raw
 
 
-@given(_json_values)
-def test_deep_copy_equals_copy_deepcopy_and_shares_nothing_mutable(value: Any) -> None:
-    """Property: the fast deep_copy gives what copy.deepcopy gives, with no shared containers."""
-    import copy as stdlib_copy
-
-    from prefill_guard.messages import deep_copy
-
-    twin = deep_copy(value)
-    assert twin == stdlib_copy.deepcopy(value)
-
-    def containers(obj: Any) -> list[int]:
-        if isinstance(obj, dict):
-            return [id(obj), *(i for item in obj.values() for i in containers(item))]
-        if isinstance(obj, list):
-            return [id(obj), *(i for item in obj for i in containers(item))]
-        return []
-
-    assert not set(containers(twin)) & set(containers(value))
-
-
-def test_deep_copy_keeps_shared_and_cyclic_structure() -> None:
-    """Shared references stay shared and cycles stay cycles, as with copy.deepcopy."""
-    from prefill_guard.messages import deep_copy
-
-    shared: list[Any] = [1]
-    cyclic: dict[str, Any] = {"a": shared, "b": shared}
-    cyclic["self"] = cyclic
-    twin = deep_copy(cyclic)
-    assert twin["a"] is twin["b"]
-    assert twin["a"] is not shared
-    assert twin["self"] is twin
-
-
-_any_message = _message | st.fixed_dictionaries(
-    {
-        "role": st.sampled_from(["user", "assistant", "system"]),
-        "content": st.text()
-        | st.integers()
-        | st.lists(st.fixed_dictionaries({"text": st.text()}) | st.text(), max_size=2),
-    }
-)
-
-
-def _shaped_as_the_api(message: Any) -> bool:
-    content = message["content"]
-    return (
-        set(message) == {"role", "content"}
-        and message["role"] in ("user", "assistant")
-        and (
-            isinstance(content, str)
-            or (
-                isinstance(content, list)
-                and all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in content)
-            )
-        )
-    )
-
-
-@given(st.lists(_any_message, max_size=5))
-def test_borrowing_agrees_with_copying(raw: list[dict[str, Any]]) -> None:
-    """Property: _api_shaped() accepts a conversation exactly when every message is valid and
-    API-shaped, and over such a one _borrow() gives exactly MessageList(raw), over the
-    caller's own dicts (any other takes the copying path)."""
-    shaped = _api_shaped(raw)
-    assert shaped == all(_shaped_as_the_api(m) for m in raw)
-    if not shaped:
-        return
-    borrowed = MessageList._borrow(raw)
-    assert borrowed == MessageList(raw)
-    assert all(ours is theirs for ours, theirs in zip(borrowed, raw, strict=True))
-    borrowed.add("user", "more")
-    assert len(raw) == len(borrowed) - 1
-
-
 _citation = st.fixed_dictionaries(
     {
         "type": st.just("char_location"),
@@ -289,7 +220,7 @@ def test_a_reply_is_stored_as_its_json_dump(blocks: list[dict[str, Any]], valida
     assert stored == {"role": "assistant", "content": expected}
     assert [list(b) for b in stored["content"]] == [list(b) for b in expected]  # key order too
     appended = MessageList()
-    appended._append_reply(reply)  # the generation's path for its reply
+    appended.append(reply)  # the run's path for its reply
     assert appended[0] == stored
     assert [list(b) for b in appended[0]["content"]] == [list(b) for b in expected]
     as_dict = MessageList([{"role": "assistant", "content": list(reply.content)}])[0]
@@ -305,7 +236,7 @@ def test_a_constructed_reply_with_a_bad_role_is_refused_by_name(role: Any) -> No
         MessageList([{"role": "user", "content": "hi"}, reply])
     conversation = MessageList([{"role": "user", "content": "hi"}])
     with pytest.raises(ValueError, match=r"messages\[1\]: unknown role"):
-        conversation._append_reply(reply)
+        conversation.append(reply)
     assert len(conversation) == 1
 
 
@@ -328,7 +259,7 @@ def test_deep_input_is_a_value_error_naming_the_message() -> None:
     refused by name; MAX_NESTING itself is fine."""
     ok = MessageList([_tool_use(_nested(MAX_NESTING - 2))])
     assert ok[0]["content"][0]["input"] == _nested(MAX_NESTING - 2)
-    with pytest.raises(ValueError, match=r"messages\[1\]\.content\[0\]: nested more than 500"):
+    with pytest.raises(ValueError, match=r"messages\[1\]\.content\[0\]: nested more than 200"):
         MessageList([{"role": "user", "content": "hi"}, _tool_use(_nested(2_000))])
     with pytest.raises(ValueError, match=r"messages\[0\]\.metadata: nested more than"):
         MessageList([{"role": "user", "content": "hi", "metadata": _nested(2_000)}])

@@ -12,12 +12,10 @@ from prefill_guard import (
     MessageList,
     PrefillErrorHandler,
     ProcessAPIErrorResult,
+    api_message,
     default_processors,
     guard,
-    middleware,
 )
-from prefill_guard.errors import api_message
-from prefill_guard.pipeline import Generation, appends_only
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, PREFILL_MESSAGE, AnthropicEmulator, Fault
 
 from .conftest import AsyncPrefillRepair, EditsInPlace, ErrorRecorder, SwitchModel
@@ -346,14 +344,13 @@ def test_a_request_the_hooks_leave_alone_is_sent_as_the_sdk_built_it(
 
 
 class CountingHook:
-    """An append-only ``before_send`` hook that appends nothing and counts its calls."""
+    """A ``before_send`` hook that appends nothing and counts its calls."""
 
     id = "counting-hook"
 
     def __init__(self) -> None:
         self.calls = 0
 
-    @appends_only
     def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
         self.calls += 1
 
@@ -364,8 +361,8 @@ class CountingHook:
 def test_a_repair_made_after_the_first_attempt_runs_before_send_once(
     anthropic_emulator: AnthropicEmulator,
 ) -> None:
-    """The generation is made only when the first attempt fails: the hooks that ran before it
-    are not run again, and the repair goes out as the Agent's would (2 requests)."""
+    """The hooks prepare the first attempt only: a repair after it does not run them again,
+    and goes out as the Agent's would (2 requests)."""
     hook = CountingHook()
     messages: list[Any] = [dict(m) for m in ENDS_WITH_ASSISTANT]
     with anthropic_emulator.client() as client:
@@ -390,51 +387,13 @@ async def test_an_async_repair_made_after_the_first_attempt_runs_before_send_onc
     _assert_repaired_on_the_wire(anthropic_emulator)
 
 
-class CountedGeneration(Generation):
-    """A Generation that counts how many were made."""
-
-    made = 0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        type(self).made += 1
-        super().__init__(*args, **kwargs)
-
-
-def test_a_request_ending_with_a_user_turn_goes_out_without_a_conversation_for_the_hooks(
-    anthropic_emulator: AnthropicEmulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The default stack's one hook is marked only_on_prefill, so a request that ends with a
-    user turn is sent as the SDK built it without a conversation or a generation being made;
-    a prefill makes both (and gets the reminder)."""
-    borrowed: list[list[Any]] = []
-    borrow = MessageList._borrow
-
-    def counted(raw: list[Any]) -> MessageList:
-        borrowed.append(raw)
-        return borrow(raw)
-
-    monkeypatch.setattr(MessageList, "_borrow", counted)
-    monkeypatch.setattr(middleware, "Generation", CountedGeneration)
-    monkeypatch.setattr(CountedGeneration, "made", 0)
-    with anthropic_emulator.client() as client:
-        guarded = guard(client)
-        guarded.messages.create(model=MODEL, max_tokens=64, messages=[ENDS_WITH_ASSISTANT[0]])
-        assert (borrowed, CountedGeneration.made) == ([], 0)
-        guarded.messages.create(model=MODEL, max_tokens=64, messages=ENDS_WITH_ASSISTANT)
-    assert (borrowed, CountedGeneration.made) == ([ENDS_WITH_ASSISTANT], 1)
-    assert _wire(anthropic_emulator) == [
-        [ENDS_WITH_ASSISTANT[0]],
-        [*ENDS_WITH_ASSISTANT, REMINDER_ON_WIRE],
-    ]
-
-
 @pytest.mark.parametrize("async_", [False, True])
-async def test_a_request_sent_as_it_came_is_repaired_from_the_body_it_was_sent_with(
+async def test_a_repair_keeps_every_other_parameter_of_the_body(
     anthropic_emulator: AnthropicEmulator, async_: bool
 ) -> None:
-    """A request sent without a generation gets one when it fails, over the body it was sent
-    with: the repair (a switch of model, which Vertex puts in the URL) keeps every other
-    parameter and the conversation."""
+    """A request sent as the SDK built it is repaired from the body it was sent with: the
+    repair (a switch of model, which Vertex puts in the URL) keeps every other parameter and
+    the conversation."""
     anthropic_emulator.script(Fault(404, {"type": "error", "error": {"type": "not_found_error"}}))
     stack = [*default_processors(), SwitchModel()]
     conversation = [ENDS_WITH_ASSISTANT[0]]

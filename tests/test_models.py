@@ -7,7 +7,8 @@ from typing import Any
 import anthropic
 import pytest
 
-from prefill_guard import PrefillKnowledge, models
+from prefill_guard import models
+from prefill_guard.knowledge import PrefillKnowledge
 from prefill_guard.testing import DEFAULT_RULES, AnthropicEmulator
 
 ENDS_WITH_ASSISTANT: list[Any] = [

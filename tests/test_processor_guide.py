@@ -16,8 +16,14 @@ from typing import Any
 import anthropic
 import pytest
 
-from prefill_guard import Agent, MessageList, Pipeline, ProcessAPIErrorResult, guard
-from prefill_guard.processors import PrefillErrorHandler, default_processors
+from prefill_guard import (
+    Agent,
+    MessageList,
+    PrefillErrorHandler,
+    ProcessAPIErrorResult,
+    default_processors,
+    guard,
+)
 from prefill_guard.testing import (
     PREFILL_MESSAGE,
     AnthropicEmulator,
@@ -135,11 +141,10 @@ async def test_async_processor_example(anthropic_emulator: AnthropicEmulator) ->
 
 
 def test_continue_before_prefill_example(anthropic_emulator: AnthropicEmulator) -> None:
-    """The guide's marked hook: through the Agent and a guarded client, a prefill goes out
-    with the reminder (1 request each, on a model that rejects prefill), and a request that
-    ends with a user turn goes out as the caller wrote it."""
+    """The guide's before_send hook: through the Agent and a guarded client, a prefill goes
+    out with the reminder (1 request each, on a model that rejects prefill), and a request
+    that ends with a user turn goes out as the caller wrote it."""
     hook = run_example("continue-before-prefill")["ContinueBeforePrefill"]()
-    assert Pipeline([hook]).before_send_only_on_prefill
     prefill: list[Any] = [
         {"role": "user", "content": "A haiku?"},
         {"role": "assistant", "content": "Snow"},

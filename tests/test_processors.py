@@ -64,10 +64,9 @@ def test_other_errors_are_not_the_rejection() -> None:
 
 
 def test_handler_identity_and_protocol() -> None:
-    """The handler has its documented id and name and satisfies the Processor protocol."""
+    """The handler has its documented id and satisfies the Processor protocol."""
     handler = PrefillErrorHandler()
     assert handler.id == "prefill-error-handler"
-    assert handler.name == "Prefill Error Handler"
     assert isinstance(handler, Processor)
 
 

@@ -19,12 +19,8 @@ import anthropic
 import httpx2
 import pytest
 
-from prefill_guard import (
-    MessageList,
-    PrefillErrorHandler,
-    is_system_reminder,
-    partial_text,
-)
+from prefill_guard import MessageList, PrefillErrorHandler, partial_text
+from prefill_guard.messages import is_system_reminder
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, PREFILL_MESSAGE, Fault
 
 from .conftest import ErrorRecorder, Harness, SwitchModel

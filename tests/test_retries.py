@@ -9,10 +9,9 @@ import time
 import anthropic
 import httpx2
 import pytest
-from tenacity import RetryCallState, Retrying
 
-from prefill_guard import RetryDetails, is_transient
-from prefill_guard.retries import RetryPolicy, retry_after
+from prefill_guard import RetryDetails
+from prefill_guard.retries import RetryPolicy, is_transient, retry_after
 from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
 
 REQUEST = httpx2.Request("POST", "https://api.anthropic.com/v1/messages")
@@ -79,27 +78,35 @@ def test_retry_after_absent_or_unreadable() -> None:
     assert retry_after(ValueError("no response")) is None
 
 
-def _state_after(error: BaseException, attempt: int) -> RetryCallState:
-    state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
-    state.attempt_number = attempt
-    state.set_exception((type(error), error, None))
-    return state
+def _waits(policy: RetryPolicy, *errors: BaseException) -> list[float | None]:
+    """The policy's answers to ``errors`` failing one after another, in one budget."""
+    budget = policy.new_budget()
+    return [policy.transient_wait(budget, error) for error in errors]
 
 
 def test_wait_honours_retry_after_capped_by_max_retry_delay() -> None:
     """The asked-for delay is used, but never more than max_retry_delay."""
     policy = RetryPolicy(max_retry_delay=60)
-    assert policy.wait(_state_after(make_api_error(429, headers={"retry-after": "3"}), 1)) == 3.0
-    assert policy.wait(_state_after(make_api_error(429, headers={"retry-after": "120"}), 1)) == 60
-    assert RetryPolicy(max_retry_delay=2).wait(_state_after(make_api_error(529), 6)) <= 2
+    assert _waits(policy, make_api_error(429, headers={"retry-after": "3"})) == [3.0]
+    assert _waits(policy, make_api_error(429, headers={"retry-after": "120"})) == [60.0]
+    capped = RetryPolicy(max_retries=10, max_retry_delay=2)
+    assert all(w is not None and w <= 2 for w in _waits(capped, *[make_api_error(529)] * 6))
 
 
 def test_backoff_is_exponential_with_jitter() -> None:
     """Without a header: 0.5 s, 1 s, 2 s, ... plus up to 0.5 s of jitter, at most 8.5 s."""
-    policy = RetryPolicy()
-    error = make_api_error(529)
-    for attempt, base in [(1, 0.5), (2, 1.0), (3, 2.0), (10, 8.0)]:
-        assert base <= policy.wait(_state_after(error, attempt)) <= base + 0.5
+    waits = _waits(RetryPolicy(max_retries=10), *[make_api_error(529)] * 10)
+    for wait, base in zip(waits, [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0, 8.0, 8.0], strict=True):
+        assert wait is not None
+        assert base <= wait <= base + 0.5
+
+
+def test_the_budget_is_max_retries_and_only_transient_errors_spend_it() -> None:
+    """max_retries transient failures get a wait; the next, and any 400, get None."""
+    policy = RetryPolicy(max_retries=2, max_retry_delay=0)
+    overloaded = make_api_error(529)
+    assert _waits(policy, overloaded, overloaded, overloaded) == [0.0, 0.0, None]
+    assert _waits(policy, make_api_error(400), overloaded) == [None, 0.0]
 
 
 @pytest.mark.parametrize(

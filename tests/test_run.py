@@ -1,9 +1,10 @@
-"""The decision core: order, per-processor counts, the cap, raising processors, params, async."""
+"""The run: the decision core (order, per-processor counts, the cap, raising processors,
+params, async, before_send) and the loop that sends."""
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
+import asyncio
+import copy
 import logging
 from collections.abc import Awaitable
 from typing import Any
@@ -11,22 +12,9 @@ from typing import Any
 import anthropic
 import pytest
 
-from prefill_guard import (
-    MessageList,
-    Pipeline,
-    PrefillErrorHandler,
-    ProcessAPIErrorResult,
-    default_processors,
-)
-from prefill_guard.pipeline import (
-    Attempt,
-    Generation,
-    RunResult,
-    appends_only,
-    run_async,
-    run_sync,
-)
-from prefill_guard.processors import changes_only_on_retry, only_on_prefill
+from prefill_guard import MessageList, PrefillErrorHandler, ProcessAPIErrorResult
+from prefill_guard.retries import RetryPolicy
+from prefill_guard.run import Pipeline, Run, asend_with_retries, send_with_retries
 from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
 
 from .conftest import SwitchModel
@@ -76,11 +64,17 @@ class AsyncRecorder:
         return RETRY
 
 
-def _generation(pipeline: Pipeline) -> Any:
+NO_TRANSIENT = RetryPolicy(max_retries=0)
+PROCESSOR_RETRY = 0.0  # what Run.failed answers for a processor's retry: send again at once
+
+
+def _run(pipeline: Pipeline, params: dict[str, Any] | None = None) -> Run:
     messages = MessageList(
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
     )
-    return pipeline.begin(messages, {"model": "claude-opus-4-6", "max_tokens": 16})
+    return Run(
+        pipeline, NO_TRANSIENT, messages, params or {"model": "claude-opus-4-6", "max_tokens": 16}
+    )
 
 
 ERROR = make_api_error(400, PREFILL_MESSAGE)
@@ -89,30 +83,30 @@ ERROR = make_api_error(400, PREFILL_MESSAGE)
 def test_first_processor_that_retries_wins_and_the_rest_are_not_called() -> None:
     """Registration order; after a retry=True, later processors are skipped for that failure."""
     first, second, third = Recorder("a", [None]), Recorder("b", [RETRY]), Recorder("c")
-    generation = _generation(Pipeline([first, second, third]))
-    assert run_sync(generation.failed(ERROR)) is True
+    run = _run(Pipeline([first, second, third]))
+    assert run.failed(ERROR) == PROCESSOR_RETRY
     assert (first.calls, second.calls, third.calls) == ([0], [0], [])
-    assert generation.attempts[-1].retried_by == "b"
+    assert run.attempts[-1].retried_by == "b"
 
 
 def test_retry_count_is_per_processor() -> None:
     """A blind retrier listed first cannot starve a repair processor of its first try."""
     blind = Recorder("blind", [RETRY, None, None])
     repair = Recorder("repair", [RETRY])
-    generation = _generation(Pipeline([blind, repair]))
-    assert run_sync(generation.failed(ERROR)) is True
-    assert run_sync(generation.failed(ERROR)) is True
+    run = _run(Pipeline([blind, repair]))
+    assert run.failed(ERROR) == PROCESSOR_RETRY
+    assert run.failed(ERROR) == PROCESSOR_RETRY
     assert blind.calls == [0, 1]
     assert repair.calls == [0]
-    assert [a.retried_by for a in generation.attempts] == ["blind", "repair"]
+    assert [a.retried_by for a in run.attempts] == ["blind", "repair"]
 
 
 def test_cap_stops_processor_retries_without_consulting_processors() -> None:
     """Past max_processor_retries the error is given up and processors are not called."""
     always = Recorder("always", [RETRY] * 10)
-    generation = _generation(Pipeline([always], max_processor_retries=2))
-    results = [run_sync(generation.failed(ERROR)) for _ in range(3)]
-    assert results == [True, True, False]
+    run = _run(Pipeline([always], max_processor_retries=2))
+    results = [run.failed(ERROR) for _ in range(3)]
+    assert results == [PROCESSOR_RETRY, PROCESSOR_RETRY, None]
     assert always.calls == [0, 1]
 
 
@@ -126,11 +120,11 @@ def test_raising_processor_is_logged_skipped_and_its_changes_undone(
 ) -> None:
     """The next processors still run; the half-done change does not reach the next request."""
     after = Recorder("after", [RETRY])
-    generation = _generation(Pipeline([Raiser(), after]))
+    run = _run(Pipeline([Raiser(), after]))
     with caplog.at_level(logging.ERROR, logger="prefill_guard"):
-        assert run_sync(generation.failed(ERROR)) is True
+        assert run.failed(ERROR) == PROCESSOR_RETRY
     assert after.calls == [0]
-    assert len(generation.messages) == 2
+    assert len(run.messages) == 2
     assert "processor 'raiser' raised" in caplog.text
     assert "processor bug" in caplog.text
 
@@ -138,25 +132,25 @@ def test_raising_processor_is_logged_skipped_and_its_changes_undone(
 def test_wrong_return_value_is_logged_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
     """A processor returning True instead of a result does not cause a retry."""
     wrong = Recorder("wrong", [True])  # type: ignore[list-item]
-    generation = _generation(Pipeline([wrong]))
+    run = _run(Pipeline([wrong]))
     with caplog.at_level(logging.ERROR, logger="prefill_guard"):
-        assert run_sync(generation.failed(ERROR)) is False
+        assert run.failed(ERROR) is None
     assert "expected ProcessAPIErrorResult or None" in caplog.text
 
 
 def test_params_are_passed_only_to_processors_that_declare_them() -> None:
     """SwitchModel gets params= and its change reaches the next request; Recorder does not."""
     plain = Recorder("plain")
-    generation = _generation(Pipeline([plain, SwitchModel()]))
-    assert run_sync(generation.failed(ERROR)) is True
-    assert generation.request()["model"] == "claude-haiku-4-5"
+    run = _run(Pipeline([plain, SwitchModel()]))
+    assert run.failed(ERROR) == PROCESSOR_RETRY
+    assert run.request()["model"] == "claude-haiku-4-5"
 
 
 def test_request_is_rebuilt_from_the_conversation_without_metadata() -> None:
     """After the prefill repair, the next request ends with the reminder and carries no metadata."""
-    generation = _generation(Pipeline([PrefillErrorHandler()]))
-    assert run_sync(generation.failed(ERROR)) is True
-    request = generation.request()
+    run = _run(Pipeline([PrefillErrorHandler()]))
+    assert run.failed(ERROR) == PROCESSOR_RETRY
+    request = run.request()
     assert request["messages"][-1] == {
         "role": "user",
         "content": "<system-reminder>continue</system-reminder>",
@@ -167,8 +161,8 @@ def test_request_is_rebuilt_from_the_conversation_without_metadata() -> None:
 def test_errors_that_are_not_api_errors_never_reach_processors() -> None:
     """A bug in the caller's own code is not something to repair and retry."""
     recorder = Recorder("r", [RETRY])
-    generation = _generation(Pipeline([recorder]))
-    assert run_sync(generation.failed(ValueError("boom"))) is False
+    run = _run(Pipeline([recorder]))
+    assert run.failed(ValueError("boom")) is None
     assert recorder.calls == []
 
 
@@ -191,21 +185,21 @@ def test_sync_run_refuses_a_hook_that_returns_an_awaitable() -> None:
 
             return later()
 
-    generation = _generation(Pipeline([Sneaky()]))
+    run = _run(Pipeline([Sneaky()]))
     with pytest.raises(TypeError, match="processor 'sneaky' returned an awaitable"):
-        run_sync(generation.failed(ERROR))
+        run.failed(ERROR)
 
 
-async def test_async_driver_awaits_async_processors() -> None:
-    """run_async awaits async def hooks and applies the same decisions."""
+async def test_afailed_awaits_async_processors() -> None:
+    """afailed awaits async def hooks and applies the same decisions."""
     processor = AsyncRecorder()
-    generation = _generation(Pipeline([processor], max_processor_retries=1))
-    assert await run_async(generation.failed(ERROR)) is True
-    assert await run_async(generation.failed(ERROR)) is False
+    run = _run(Pipeline([processor], max_processor_retries=1))
+    assert await run.afailed(ERROR) == PROCESSOR_RETRY
+    assert await run.afailed(ERROR) is None
     assert processor.calls == 1
 
 
-async def test_async_driver_skips_a_raising_async_processor() -> None:
+async def test_afailed_skips_a_raising_async_processor() -> None:
     """An async processor that raises is skipped like a sync one."""
 
     class AsyncRaiser:
@@ -215,8 +209,8 @@ async def test_async_driver_skips_a_raising_async_processor() -> None:
             raise RuntimeError("async bug")
 
     after = Recorder("after", [RETRY])
-    generation = _generation(Pipeline([AsyncRaiser(), after]))
-    assert await run_async(generation.failed(ERROR)) is True
+    run = _run(Pipeline([AsyncRaiser(), after]))
+    assert await run.afailed(ERROR) == PROCESSOR_RETRY
     assert after.calls == [0]
 
 
@@ -281,21 +275,23 @@ def test_only_the_winning_processor_keeps_its_changes(outcome: str) -> None:
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
     )
     first = messages[0]
-    generation = Pipeline([HalfRepair(outcome)]).begin(
-        messages, {"model": "m", "nested": {"list": [1]}}
+    run = Run(
+        Pipeline([HalfRepair(outcome)]),
+        NO_TRANSIENT,
+        messages,
+        {"model": "m", "nested": {"list": [1]}},
     )
-    assert run_sync(generation.failed(ERROR)) is False
+    assert run.failed(ERROR) is None
     assert messages.to_api() == [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "a"},
     ]
     assert messages[0] is first  # references held elsewhere stay valid
-    assert generation.params == {"model": "m", "nested": {"list": [1]}}
+    assert run.params == {"model": "m", "nested": {"list": [1]}}
 
 
 async def test_cancellation_inside_an_async_processor_undoes_its_changes() -> None:
     """A CancelledError mid-processor propagates, after the half-done repair is undone."""
-    import asyncio
 
     class Slow:
         id = "slow"
@@ -307,24 +303,13 @@ async def test_cancellation_inside_an_async_processor_undoes_its_changes() -> No
             await asyncio.Event().wait()
             return None
 
-    generation = _generation(Pipeline([Slow()]))
-    task = asyncio.create_task(run_async(generation.failed(ERROR)))
+    run = _run(Pipeline([Slow()]))
+    task = asyncio.create_task(run.afailed(ERROR))
     await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert len(generation.messages) == 2
-
-
-class MarkedHalfRepair(HalfRepair):
-    """HalfRepair marked ``changes_only_on_retry``, used only to raise or return junk after
-    its edits: the two cases in which a marked processor's changes must still be undone."""
-
-    id = "marked-half-repair"
-
-    @changes_only_on_retry
-    def process_api_error(self, **kwargs: Any) -> Any:
-        return super().process_api_error(**kwargs)
+    assert len(run.messages) == 2
 
 
 class Sees:
@@ -343,104 +328,76 @@ class Sees:
         retry_count: int,
         params: dict[str, Any],
     ) -> ProcessAPIErrorResult | None:
-        self.seen.append((messages.to_api(), dict(params)))
+        self.seen.append((messages.to_api(), copy.deepcopy(params)))
         return RETRY
 
 
-@pytest.mark.parametrize("outcome", ["raise", "junk"])
-def test_a_marked_processor_that_raises_or_returns_junk_is_still_undone(outcome: str) -> None:
-    """The shared save is restored after a marked processor that raises or returns junk, and
-    the processors after it see (and the retry sends) the conversation as it was."""
+@pytest.mark.parametrize("outcome", ["pass", "raise", "junk"])
+def test_the_processors_after_one_that_did_not_win_see_the_conversation_as_it_was(
+    outcome: str,
+) -> None:
+    """The save taken when the request failed is restored after each processor that did not
+    win, and stays good: the processors after it see, and the retry sends, the original."""
     messages = MessageList(
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
     )
     sees = Sees()
-    pipeline = Pipeline([MarkedHalfRepair(outcome), MarkedDecliner("after"), sees])
-    generation = pipeline.begin(messages, {"model": "m", "nested": {"list": [1]}})
-    assert run_sync(generation.failed(ERROR)) is True
+    pipeline = Pipeline([HalfRepair(outcome), Recorder("declines"), sees])
+    run = Run(pipeline, NO_TRANSIENT, messages, {"model": "m", "nested": {"list": [1]}})
+    assert run.failed(ERROR) == PROCESSOR_RETRY
     original = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
     assert sees.seen == [(original, {"model": "m", "nested": {"list": [1]}})]
-    assert generation.request()["messages"] == original
+    assert run.request()["messages"] == original
 
 
-class MarkedDecliner:
-    """Declines without changing anything, and is marked as such."""
+class Twice(HalfRepair):
+    """HalfRepair that declines on its first call and wins on its second."""
 
-    def __init__(self, id: str) -> None:
-        self.id = id
+    id = "twice"
 
-    @changes_only_on_retry
-    def process_api_error(
-        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
-    ) -> ProcessAPIErrorResult | None:
-        return None
+    def __init__(self) -> None:
+        super().__init__("pass")
+        self.calls = 0
 
-
-class OverriddenDecliner(MarkedDecliner):
-    """The same, overridden in a subclass: the override is not marked."""
-
-    def process_api_error(
-        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
-    ) -> ProcessAPIErrorResult | None:
-        return None
+    def process_api_error(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        super().process_api_error(**kwargs)
+        return RETRY if self.calls == 2 else None
 
 
-def _saves_in_one_repair(processors: list[Any], monkeypatch: pytest.MonkeyPatch) -> int:
-    saves = 0
-    save = Generation._save
-
-    def counted(self: Generation) -> Any:
-        nonlocal saves
-        saves += 1
-        return save(self)
-
-    monkeypatch.setattr(Generation, "_save", counted)
-    generation = _generation(Pipeline(processors))
-    assert run_sync(generation.failed(ERROR)) is True
-    return saves
-
-
-@pytest.mark.parametrize(
-    ("kinds", "saves"),
-    [
-        ("MMM", 1),  # one save serves every marked processor and the winner
-        ("MUM", 2),  # an unmarked one that declines is undone; the next needs a new save
-        ("UUU", 4),  # one save per processor, as without marks
-        ("OOM", 3),  # an override in a subclass is not marked
-    ],
-)
-def test_marked_processors_that_decline_share_one_save(
-    kinds: str, saves: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Conversation and params are saved before the first processor, and again only after
-    one that may have changed them was undone (M marked, U unmarked, O a subclass's override
-    of a marked hook; a winner that is not marked follows). All of them decline."""
-    kind = {"M": MarkedDecliner, "U": Recorder, "O": OverriddenDecliner}
-    processors = [kind[k](f"{k}{i}") for i, k in enumerate(kinds)]
-    assert _saves_in_one_repair([*processors, Recorder("wins", [RETRY])], monkeypatch) == saves
-
-
-def test_the_built_in_processors_share_one_save(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A prefill 400 through the whole default stack saves the conversation once: every
-    built-in is marked ``changes_only_on_retry`` (it changes nothing when it declines)."""
-    assert _saves_in_one_repair(default_processors(), monkeypatch) == 1
+def test_a_second_failure_is_saved_afresh() -> None:
+    """Each failure saves the conversation as it is then: a processor that wins the second
+    time keeps its changes, made on top of the first repair."""
+    twice = Twice()
+    run = _run(Pipeline([twice, PrefillErrorHandler()]), {"model": "m", "nested": {"list": [1]}})
+    assert run.failed(ERROR) == PROCESSOR_RETRY  # the handler's repair
+    assert run.failed(ERROR) == PROCESSOR_RETRY  # twice's, on top of it
+    assert [m["content"] for m in run.messages] == [
+        "edited in place",
+        "a",
+        "<system-reminder>continue</system-reminder>",
+        "appended",
+    ]
+    assert run.params == {"model": "changed", "nested": {"list": [1, "x"]}}
 
 
 def test_bad_return_value_is_logged_by_type_not_content(caplog: pytest.LogCaptureFixture) -> None:
     """A junk return value is logged by its type, never by its (possibly private) contents."""
     wrong = Recorder("wrong", ["secret user text"])  # type: ignore[list-item]
     with caplog.at_level(logging.ERROR, logger="prefill_guard"):
-        run_sync(_generation(Pipeline([wrong])).failed(ERROR))
+        _run(Pipeline([wrong])).failed(ERROR)
     assert "returned a str" in caplog.text
     assert "secret" not in caplog.text
 
 
-class Prepare:
-    """A processor whose before_send edits the first message and the params, or only appends."""
+# -- before_send ---------------------------------------------------------------------------------
 
-    def __init__(self, id: str, *, edit: bool, fail: bool = False) -> None:
+
+class Prepare:
+    """A processor whose before_send appends a message and sets a parameter (or raises after)."""
+
+    def __init__(self, id: str, *, fail: bool = False) -> None:
         self.id = id
-        self.edit = edit
         self.fail = fail
 
     def process_api_error(
@@ -449,283 +406,139 @@ class Prepare:
         return None
 
     def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
-        if self.edit:
-            messages[0]["content"] = f"edited by {self.id}"
-            params["nested"]["list"].append(self.id)
         messages.add("user", f"appended by {self.id}")
+        params["set_by"] = self.id
         if self.fail:
             raise RuntimeError("hook bug")
-
-
-class AppendOnly(Prepare):
-    """The same hook, marked append-only (so it must not be given edit=True)."""
-
-    @appends_only
-    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
-        super().before_send(messages=messages, params=params)
-
-
-def _caller_conversation() -> list[dict[str, Any]]:
-    return [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
-
-
-@pytest.mark.parametrize("hook", [Prepare, AppendOnly])
-def test_a_before_send_hook_that_raises_is_logged_skipped_and_undone(
-    hook: type[Prepare], caplog: pytest.LogCaptureFixture
-) -> None:
-    """What a raising hook appended (and, unmarked, edited) is undone; the next hook still runs."""
-    raw = _caller_conversation()
-    params = {"model": "m", "nested": {"list": [1]}}
-    failing = hook("failing", edit=hook is Prepare, fail=True)
-    with caplog.at_level(logging.ERROR, logger="prefill_guard"):
-        generation = Pipeline([failing, AppendOnly("next", edit=False)]).begin(
-            MessageList(raw), params
-        )
-    assert "processor 'failing' raised in before_send; skipped" in caplog.text
-    assert generation.messages.to_api() == [*_caller_conversation(), _user("appended by next")]
-    assert generation.params == {"model": "m", "nested": {"list": [1]}}
-    assert params == {"model": "m", "nested": {"list": [1]}}
-
-
-def test_hooks_on_a_borrowed_conversation_change_the_generations_copy_only() -> None:
-    """An append-only hook after one that edits works on the copy the first one made: both
-    changes reach the request, and the borrowed dicts and params stay as the caller's."""
-    raw = _caller_conversation()
-    borrowed = MessageList._borrow(raw)
-    params = {"model": "m", "nested": {"list": [1]}}
-    pipeline = Pipeline([Prepare("edit", edit=True), AppendOnly("append", edit=False)])
-    generation = pipeline.begin(borrowed, params, borrowed=True)
-    assert not generation.borrowed
-    assert generation.request()["messages"] == [
-        {"role": "user", "content": "edited by edit"},
-        {"role": "assistant", "content": "a"},
-        _user("appended by edit"),
-        _user("appended by append"),
-    ]
-    assert generation.params["nested"] == {"list": [1, "edit"]}
-    assert raw == _caller_conversation()
-    assert params == {"model": "m", "nested": {"list": [1]}}
-
-
-@pytest.mark.parametrize("appends", [False, True])
-def test_an_append_only_hook_leaves_a_borrowed_conversation_borrowed(appends: bool) -> None:
-    """Append-only hooks copy nothing: the generation still shares the caller's dicts."""
-    raw = _caller_conversation()
-    borrowed = MessageList._borrow(raw)
-    generation = Pipeline([Maybe("maybe", appends=appends)]).begin(borrowed, {}, borrowed=True)
-    assert generation.borrowed
-    assert all(ours is theirs for ours, theirs in zip(generation.messages, raw, strict=False))
-    assert len(generation.messages) == (3 if appends else 2)
-    assert raw == _caller_conversation()
-
-
-class Maybe:
-    """An append-only hook that appends a user message only when told to (or raises)."""
-
-    def __init__(self, id: str, *, appends: bool, fail: bool = False) -> None:
-        self.id = id
-        self.appends = appends
-        self.fail = fail
-
-    @appends_only
-    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
-        if self.appends:
-            messages.add("user", f"appended by {self.id}")
-        if self.fail:
-            raise RuntimeError(f"{self.id} failed")
-
-    def process_api_error(
-        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int
-    ) -> ProcessAPIErrorResult | None:
-        return None
-
-
-@pytest.mark.parametrize(
-    ("hooks", "appended"),
-    [
-        ([], False),
-        ([Maybe("a", appends=False)], False),
-        ([Maybe("a", appends=True)], True),
-        ([Maybe("a", appends=False), Maybe("b", appends=True)], True),
-        ([Maybe("a", appends=True, fail=True)], False),
-        ([Maybe("a", appends=True, fail=True), Maybe("b", appends=True)], True),
-    ],
-)
-def test_run_appending_hooks_says_whether_a_hook_appended(
-    hooks: list[Maybe], appended: bool
-) -> None:
-    """What a raising hook appended is dropped and does not count; the next hook still runs."""
-    raw = _caller_conversation()
-    borrowed = MessageList._borrow(raw)
-    assert Pipeline(hooks).run_appending_hooks(borrowed, {"model": "m"}) is appended
-    kept = [hook.id for hook in hooks if hook.appends and not hook.fail]
-    assert borrowed.to_api() == [
-        *_caller_conversation(),
-        *(_user(f"appended by {k}") for k in kept),
-    ]
-    assert raw == _caller_conversation()
-
-
-@pytest.mark.parametrize(
-    "hooks",
-    [
-        [Maybe("a", appends=True)],
-        [Maybe("a", appends=True, fail=True), Maybe("b", appends=False)],
-        [Maybe("a", appends=True), Maybe("b", appends=True, fail=True)],
-    ],
-)
-def test_a_generation_made_after_run_appending_hooks_is_the_one_begin_makes(
-    hooks: list[Maybe],
-) -> None:
-    """The middleware's lazy path and begin() leave a generation in the same state: same
-    conversation, parameters and request, still borrowed, and the same repair on a failure."""
-    pipeline = Pipeline([*hooks, PrefillErrorHandler()])
-    params = {"model": "m", "max_tokens": 8}
-    borrowed, messages = (MessageList._borrow(_caller_conversation()) for _ in range(2))
-    begun = pipeline.begin(borrowed, dict(params), borrowed=True)
-    lazy_params = dict(params)
-    pipeline.run_appending_hooks(messages, lazy_params)
-    lazy = Generation(pipeline, messages, lazy_params, borrowed=True)
-    assert (lazy.request(), lazy.borrowed, lazy.params) == (
-        begun.request(),
-        begun.borrowed,
-        begun.params,
-    )
-    for generation in (begun, lazy):
-        assert run_sync(generation.failed(make_api_error(400, PREFILL_MESSAGE)))
-    assert lazy.request() == begun.request()
-    assert [a.retried_by for a in lazy.attempts] == [a.retried_by for a in begun.attempts]
-
-
-def test_run_appending_hooks_refuses_a_hook_that_may_edit() -> None:
-    """A pipeline with a hook not marked appends_only must go through begin(), which can undo
-    an edit: asking it to run its hooks the cheap way is a clear TypeError."""
-    with pytest.raises(TypeError, match="all marked appends_only; use begin"):
-        Pipeline([Prepare("edit", edit=True)]).run_appending_hooks(MessageList(), {})
 
 
 def _user(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}
 
 
-class SeesRoles:
-    """A ``before_send`` hook, not marked, that records the last role at each call."""
-
-    def __init__(self, id: str) -> None:
-        self.id = id
-        self.seen: list[str | None] = []
-
-    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
-        last = messages.last
-        self.seen.append(None if last is None else last["role"])
-
-    def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
-        return None
+def _caller_conversation() -> list[dict[str, Any]]:
+    return [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
 
 
-class OnPrefill(SeesRoles):
-    """The same hook, marked ``only_on_prefill`` and ``appends_only``."""
-
-    @appends_only
-    @only_on_prefill
-    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
-        super().before_send(messages=messages, params=params)
-
-
-class OnPrefillMayEdit(SeesRoles):
-    """Marked ``only_on_prefill`` only: a pipeline with it runs its hooks through begin()."""
-
-    @only_on_prefill
-    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
-        super().before_send(messages=messages, params=params)
+def test_before_send_hooks_prepare_the_first_request_in_order() -> None:
+    """Each hook sees what the ones before it appended and set."""
+    run = Run(
+        Pipeline([Prepare("one"), Prepare("two")]),
+        NO_TRANSIENT,
+        MessageList(_caller_conversation()),
+        {"model": "m"},
+    )
+    assert run.request() == {
+        "model": "m",
+        "set_by": "two",
+        "messages": [*_caller_conversation(), _user("appended by one"), _user("appended by two")],
+    }
 
 
-class OverridesOnPrefill(OnPrefill):
-    """A subclass's override of the marked hook, itself not marked."""
-
-    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
-        super().before_send(messages=messages, params=params)
-
-
-class AppendsAnAssistantTurn(SeesRoles):
-    """An append-only hook that makes the conversation a prefill."""
-
-    @appends_only
-    def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
-        super().before_send(messages=messages, params=params)
-        messages.add("assistant", "prefilled by a hook")
-
-
-_BY_LAST_ROLE = {
-    "user": [_user("hi")],
-    "assistant": [_user("hi"), {"role": "assistant", "content": "a"}],
-    "empty": [],
-}
-
-
-@pytest.mark.parametrize("last", list(_BY_LAST_ROLE))
-@pytest.mark.parametrize(
-    ("how", "marked"),
-    [("begin", OnPrefill), ("begin", OnPrefillMayEdit), ("run_appending_hooks", OnPrefill)],
-)
-def test_an_only_on_prefill_hook_is_called_only_when_the_conversation_ends_with_an_assistant_turn(
-    last: str, how: str, marked: type[SeesRoles]
+def test_a_before_send_hook_that_raises_is_logged_skipped_and_undone(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Through begin() (either way it runs hooks) and run_appending_hooks(), a marked hook is
-    called for a prefill only; an unmarked one beside it is called every time."""
-    hook, unmarked = marked("marked"), SeesRoles("unmarked")
-    stack = [hook] if how == "run_appending_hooks" else [hook, unmarked]
-    pipeline = Pipeline(stack)
-    messages = MessageList(_BY_LAST_ROLE[last])
-    if how == "begin":
-        pipeline.begin(messages, {"model": "m"})
-        assert unmarked.seen == [None if last == "empty" else last]
-    else:
-        assert pipeline.run_appending_hooks(messages, {"model": "m"}) is False
-    assert hook.seen == (["assistant"] if last == "assistant" else [])
+    """What a raising hook appended is dropped and the parameters it set are put back; the
+    next hook still runs. (The contract: a hook appends messages and sets parameters.)"""
+    params = {"model": "m", "nested": {"list": [1]}}
+    with caplog.at_level(logging.ERROR, logger="prefill_guard"):
+        run = Run(
+            Pipeline([Prepare("failing", fail=True), Prepare("next")]),
+            NO_TRANSIENT,
+            MessageList(_caller_conversation()),
+            params,
+        )
+    assert "processor 'failing' raised in before_send; skipped" in caplog.text
+    assert run.messages.to_api() == [*_caller_conversation(), _user("appended by next")]
+    assert run.params == {"model": "m", "nested": {"list": [1]}, "set_by": "next"}
+    assert params == {"model": "m", "nested": {"list": [1]}}
 
 
-def test_an_only_on_prefill_hook_sees_what_the_hooks_before_it_appended() -> None:
-    """Whether a conversation is a prefill is asked at each marked hook's turn: after a hook
-    appends an assistant turn, the marked hook after it is called."""
-    first, marked = AppendsAnAssistantTurn("first"), OnPrefill("marked")
-    messages = MessageList([_user("hi")])
-    assert Pipeline([first, marked]).run_appending_hooks(messages, {}) is True
-    assert (first.seen, marked.seen) == (["user"], ["assistant"])
+def test_a_run_owns_a_deep_copy_of_its_parameters() -> None:
+    """A hook or processor that edits a nested parameter in place changes the run's only."""
+
+    class EditsNested:
+        id = "edits-nested"
+
+        def before_send(self, *, messages: MessageList, params: dict[str, Any]) -> None:
+            params["nested"]["list"].append("hook")
+
+        def process_api_error(self, **kwargs: Any) -> ProcessAPIErrorResult | None:
+            return None
+
+    params = {"model": "m", "nested": {"list": [1]}}
+    run = Run(Pipeline([EditsNested()]), NO_TRANSIENT, MessageList(_caller_conversation()), params)
+    assert run.params["nested"] == {"list": [1, "hook"]}
+    assert params == {"model": "m", "nested": {"list": [1]}}
 
 
-@pytest.mark.parametrize(
-    ("stack", "flag"),
-    [
-        ([], True),
-        ([OnPrefill("a")], True),
-        ([OnPrefill("a"), OnPrefillMayEdit("b"), PrefillErrorHandler()], True),
-        ([OnPrefill("a"), SeesRoles("b")], False),
-        ([OverridesOnPrefill("a")], False),
-        (default_processors(), True),
-    ],
-)
-def test_before_send_only_on_prefill_says_whether_every_hook_is_marked(
-    stack: list[Any], flag: bool
-) -> None:
-    """The flag the middleware reads to send a non-prefill request without calling any hook:
-    true with no hooks, or all marked (the default stack); an override is not marked."""
-    assert Pipeline(stack).before_send_only_on_prefill is flag
+# -- the loop ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("record", [Attempt, RunResult])
-def test_records_take_their_fields_in_order_with_their_defaults(record: type) -> None:
-    """Attempt and RunResult write their fields in a hand-written __init__ (one of each per
-    request): it takes exactly the dataclass fields, and the records stay frozen."""
-    taken = [(p.name, p.default) for p in inspect.signature(record).parameters.values()]
-    declared = [
-        (f.name, inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
-        for f in dataclasses.fields(record)
-    ]
-    assert taken == declared
-    values = {name: object() for name, _ in declared}
-    made = record(**values)
-    assert all(getattr(made, name) is value for name, value in values.items())
-    assert made == record(**values)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        made.number = 2
+def test_the_loop_sends_until_a_processor_repair_succeeds() -> None:
+    """send_with_retries: the rejected request, the repair, the request rebuilt from it."""
+    sent: list[list[dict[str, Any]]] = []
+
+    def send(request: dict[str, Any]) -> str:
+        sent.append(request["messages"])
+        if len(sent) == 1:
+            raise ERROR
+        return "reply"
+
+    run = _run(Pipeline([PrefillErrorHandler()]))
+    assert send_with_retries(run, send) == "reply"
+    assert len(sent) == 2
+    assert sent[1][-1]["content"] == "<system-reminder>continue</system-reminder>"
+    assert [a.retry for a in run.attempts] == ["processor"]
+
+
+def test_the_loop_raises_the_original_error_when_nothing_retries() -> None:
+    """The caller gets the very exception object the last attempt raised."""
+
+    def send(request: dict[str, Any]) -> str:
+        raise ERROR
+
+    with pytest.raises(anthropic.BadRequestError) as info:
+        send_with_retries(_run(Pipeline()), send)
+    assert info.value is ERROR
+
+
+def test_the_loop_waits_what_the_transient_policy_says() -> None:
+    """A transient failure is sent again after the policy's wait (here retry-after-ms)."""
+    waits: list[float] = []
+    policy = RetryPolicy(max_retries=2, sleep=waits.append)
+    overloaded = make_api_error(529, headers={"retry-after-ms": "250"})
+    failures = [overloaded, overloaded]
+
+    def send(request: dict[str, Any]) -> str:
+        if failures:
+            raise failures.pop()
+        return "reply"
+
+    run = Run(Pipeline(), policy, MessageList(_caller_conversation()), {"model": "m"})
+    assert send_with_retries(run, send) == "reply"
+    assert waits == [0.25, 0.25]
+    assert [a.retry for a in run.attempts] == ["transient", "transient"]  # then the reply
+
+
+async def test_the_async_loop_awaits_async_processors_and_sleeps() -> None:
+    """asend_with_retries is the same loop with await: an async repair, an async sleep."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    policy = RetryPolicy(max_retries=1, sleep=sleep)
+    failures = [ERROR, make_api_error(529, headers={"retry-after": "1"})]
+
+    async def send(request: dict[str, Any]) -> str:
+        if failures:
+            raise failures.pop()
+        return "reply"
+
+    run = Run(
+        Pipeline([AsyncRecorder()]), policy, MessageList(_caller_conversation()), {"model": "m"}
+    )
+    assert await asend_with_retries(run, send) == "reply"
+    assert waits == [1.0]
+    assert [a.retry for a in run.attempts] == ["transient", "processor"]

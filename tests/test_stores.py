@@ -21,10 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefill_guard import MessageList
+from prefill_guard import MemoryStore, MessageList, SQLiteStore, StoreError, ThreadStore
 from prefill_guard import stores as stores_module
 from prefill_guard.messages import system_reminder
-from prefill_guard.stores import MemoryStore, SQLiteStore, StoreError, ThreadStore
 
 REMINDER = system_reminder("continue", "anthropic-prefill-processor-retry")
 HISTORY: list[dict[str, Any]] = [

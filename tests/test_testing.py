@@ -22,7 +22,7 @@ from anthropic.types import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefill_guard.errors import api_error_type, api_message
+from prefill_guard import api_error_type, api_message
 from prefill_guard.testing import (
     DEFAULT_REPLY_TEXT,
     DEFAULT_RULES,
