@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import difflib
+import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -11,21 +13,55 @@ from typing import Any
 
 import anthropic
 from anthropic._base_client import AsyncAPIClient, SyncAPIClient
+from anthropic.resources.messages import Messages
 from anthropic.types import Message
 
 from .contract import AnthropicClient, AsyncClient, RequestParams, SyncClient
 from .errors import areply_from_response, reply_from_response
 from .messages import MessageList, check_input
+from .params import SAMPLING_PARAMETERS
+from .processors import default_processors
 from .retries import OnRetry, RetryPolicy
-from .run import AnyProcessor, Pipeline, Run, RunResult, asend_with_retries, send_with_retries
+from .run import AnyProcessor, Pipeline, Run, RunResult, arun_steps, run_steps
 from .stores import StoreError, ThreadStore
 from .streaming import AgentStream, AsyncAgentStream
+from .tools import Toolbox
 
 __all__ = ["Agent"]
 
 MessagesInput = str | MessageList | Iterable[Any]
 
-_RESERVED = ("messages", "stream")
+DEFAULT_MAX_STEPS = 10
+"""How many model calls a run makes at most, unless ``Agent(max_steps=...)`` says otherwise."""
+
+_RESERVED = {
+    "messages": "pass the conversation as the first argument",
+    "stream": "use agent.stream() / agent.astream() to stream",
+    "tools": "give the tools to Agent(tools=...)",
+}
+_REQUEST_FIELDS = frozenset(inspect.signature(Messages.create).parameters) - {
+    "self",
+    "messages",
+    "stream",
+} | frozenset(SAMPLING_PARAMETERS)
+"""The request fields a call may set: what the installed SDK's ``messages.create`` takes, and
+the sampling parameters, which the Agent sends in ``extra_body`` (the SDK takes them no more)."""
+_AGENT_OPTIONS = (
+    "client",
+    "instructions",
+    "name",
+    "tools",
+    "max_steps",
+    "error_processors",
+    "max_processor_retries",
+    "max_retries",
+    "max_retry_delay",
+    "on_retry",
+    "sleep",
+    "store",
+    "max_tokens",
+)
+"""The Agent's own keyword arguments, for the close matches of a misspelt one."""
 _CALLERS = {
     method: f"Agent.{method}()" for method in ("generate", "agenerate", "stream", "astream")
 }
@@ -62,7 +98,9 @@ class Agent:
         client: AnthropicClient | None = None,
         instructions: str | None = None,
         name: str | None = None,
-        error_processors: Iterable[AnyProcessor] = (),
+        tools: Iterable[object] = (),
+        max_steps: int = DEFAULT_MAX_STEPS,
+        error_processors: Iterable[AnyProcessor] | None = None,
         max_processor_retries: int = 3,
         max_retries: int = 2,
         max_retry_delay: float = 60.0,
@@ -76,13 +114,19 @@ class Agent:
             raise TypeError(f"model must be a non-empty str, got {model!r}")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
-        _check_params(default_params, "Agent()")
+        if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
+            raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}")
+        _check_params(default_params, "Agent()", _AGENT_OPTIONS)
         if store is not None and not isinstance(store, ThreadStore):
             raise TypeError(f"store must be a ThreadStore (e.g. SQLiteStore), got {store!r}")
         self._store = store
         self._model = model
         self._instructions = instructions
         self._name = name or model
+        self._toolbox = Toolbox(tools)
+        self._max_steps = max_steps
+        if error_processors is None:
+            error_processors = default_processors()
         self._pipeline = Pipeline(error_processors, max_processor_retries=max_processor_retries)
         self._retry_policy = RetryPolicy(
             max_retries=max_retries, max_retry_delay=max_retry_delay, on_retry=on_retry, sleep=sleep
@@ -92,6 +136,8 @@ class Agent:
         self._base_params: RequestParams = {"model": model, **self._defaults}
         if instructions is not None:
             self._base_params["system"] = instructions
+        if self._toolbox:
+            self._base_params["tools"] = self._toolbox.definitions
         self._client_kind = None if client is None else _client_kind(client)
         # Our retry layer replaces the SDK's; with both on, 1 + 2 retries become 9 requests.
         own: Any = None if client is None else client.with_options(max_retries=0)
@@ -125,6 +171,16 @@ class Agent:
         return self._store
 
     @property
+    def tools(self) -> Toolbox:
+        """The tools every request offers, and the functions the Agent runs for them."""
+        return self._toolbox
+
+    @property
+    def max_steps(self) -> int:
+        """How many model calls a run makes at most."""
+        return self._max_steps
+
+    @property
     def pipeline(self) -> Pipeline:
         """The processors and their cap."""
         return self._pipeline
@@ -152,11 +208,8 @@ class Agent:
         for this call. When nothing retries, the original SDK exception is raised.
         """
         client = self._sync_client_for("generate")
-        run, thread = self._start("generate", messages, params, thread_id)
-        result = run.succeeded(send_with_retries(run, _sender(client)))
-        if thread is not None:
-            thread.save()
-        return result
+        run = self._start("generate", messages, params, thread_id)
+        return run_steps(run, _sender(client))
 
     async def agenerate(
         self, messages: MessagesInput | None = None, *, thread_id: str | None = None, **params: Any
@@ -164,15 +217,10 @@ class Agent:
         """The async twin of :meth:`generate`; ``async def`` processors are awaited."""
         client = self._async_client_for("agenerate")
         if thread_id is None:
-            run, thread = self._start("agenerate", messages, params, None)
+            run = self._start("agenerate", messages, params, None)
         else:  # a store may block: read and write it off the event loop
-            run, thread = await asyncio.to_thread(
-                self._start, "agenerate", messages, params, thread_id
-            )
-        result = run.succeeded(await asend_with_retries(run, _async_sender(client)))
-        if thread is not None:
-            await asyncio.to_thread(thread.save)
-        return result
+            run = await asyncio.to_thread(self._start, "agenerate", messages, params, thread_id)
+        return await arun_steps(run, _async_sender(client))
 
     def stream(
         self, messages: MessagesInput | None = None, *, thread_id: str | None = None, **params: Any
@@ -185,8 +233,7 @@ class Agent:
         :class:`~prefill_guard.AgentStream`.
         """
         client = self._sync_client_for("stream")
-        run, thread = self._start("stream", messages, params, thread_id)
-        return AgentStream(client, run, on_finish=None if thread is None else thread.save)
+        return AgentStream(client, self._start("stream", messages, params, thread_id))
 
     def astream(
         self, messages: MessagesInput | None = None, *, thread_id: str | None = None, **params: Any
@@ -197,8 +244,7 @@ class Agent:
         event loop.
         """
         client = self._async_client_for("astream")
-        run, thread = self._start("astream", messages, params, thread_id)
-        return AsyncAgentStream(client, run, on_finish=None if thread is None else thread.save)
+        return AsyncAgentStream(client, self._start("astream", messages, params, thread_id))
 
     # -- internals -------------------------------------------------------------------
     def _start(
@@ -207,12 +253,18 @@ class Agent:
         messages: MessagesInput | None,
         params: dict[str, Any],
         thread_id: str | None,
-    ) -> tuple[Run, _ThreadRun | None]:
-        """Check a call's arguments; its run (the ``before_send`` hooks have run) and thread."""
+    ) -> Run:
+        """Check a call's arguments; its run, over its conversation (a thread's history, with
+        a thread, which the run saves after each step)."""
         caller = _CALLERS[method]
         _check_params(params, caller)
         if method in ("generate", "stream"):
             self._pipeline.require_sync(caller)
+            if self._toolbox.async_names:
+                raise TypeError(
+                    f"tool {self._toolbox.async_names[0]!r} is async; {caller} is synchronous "
+                    "and cannot await it: use the async twin, or a synchronous tool"
+                )
         thread = None
         if thread_id is not None:
             if self._store is None:
@@ -226,8 +278,15 @@ class Agent:
             if not conversation:
                 raise ValueError(f"{caller}: messages is empty; pass at least one message")
             check_input(conversation)
-        run = Run(self._pipeline, self._retry_policy, conversation, {**self._base_params, **params})
-        return run, thread
+        return Run(
+            self._pipeline,
+            self._retry_policy,
+            conversation,
+            _with_sampling_in_extra_body({**self._base_params, **params}),
+            toolbox=self._toolbox,
+            max_steps=self._max_steps,
+            on_step=None if thread is None else thread.save,
+        )
 
     def _sync_client_for(self, method: str) -> SyncClient:
         """The sync client, made from the environment on first use (under the lock)."""
@@ -315,15 +374,29 @@ class _ThreadRun:
             )
 
 
-def _check_params(params: dict[str, Any], where: str) -> None:
-    for key in _RESERVED:
-        if key in params:
-            hint = (
-                "pass the conversation as the first argument"
-                if key == "messages"
-                else ("use agent.stream() / agent.astream() to stream")
+def _check_params(params: dict[str, Any], where: str, options: Iterable[str] = ()) -> None:
+    """Refuse a keyword that is no request field (nor one of ``options``), with the close
+    matches, before anything is sent: the SDK would refuse it at the first call."""
+    for key in params:
+        if key in _RESERVED:
+            raise TypeError(f"{where}: {key!r} is not a request parameter here; {_RESERVED[key]}")
+        if key not in _REQUEST_FIELDS:
+            known = sorted({*_REQUEST_FIELDS, *options})
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            raise TypeError(
+                f"{where}: unknown keyword argument {key!r}{hint} An API field the installed "
+                "anthropic SDK does not know goes in extra_body={...}"
             )
-            raise TypeError(f"{where}: {key!r} is not a request parameter here; {hint}")
+
+
+def _with_sampling_in_extra_body(params: RequestParams) -> RequestParams:
+    """``temperature``, ``top_p`` and ``top_k`` moved into ``extra_body``, where every SDK
+    version since 1.0 takes them (a value already in ``extra_body`` wins, as it does there)."""
+    sampling = {key: params.pop(key) for key in SAMPLING_PARAMETERS if key in params}
+    if sampling:
+        params["extra_body"] = {**sampling, **(params.get("extra_body") or {})}
+    return params
 
 
 def _as_message_list(messages: MessagesInput) -> MessageList:

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import anthropic
 from anthropic import APIError
 
-if TYPE_CHECKING:  # messages.py imports this module; the protocols only name the type
+if TYPE_CHECKING:  # these modules import this one; the types here only name theirs
     from .messages import MessageList
+    from .run import RunResult
 
 __all__ = [
+    "Abort",
     "AnthropicClient",
     "AsyncClient",
     "ParamsProcessor",
@@ -49,6 +51,21 @@ AsyncClient = (
 
 AnthropicClient = SyncClient | AsyncClient
 """Any anthropic client the Agent takes."""
+
+
+class Abort(Exception):
+    """Raised by a processor or a tool to stop the run: the caller gets it, not the API's error.
+
+    Unlike any other exception of a processor it is not skipped, and unlike any other exception
+    of a tool it does not become the tool's result. What the processor changed is undone first.
+    ``result`` is what the run completed before it (a :class:`~prefill_guard.RunResult` of the
+    steps done, with ``stop_reason="aborted"``), or ``None`` when no step was.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.result: RunResult | None = None
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ the error response goes back to the SDK, which raises exactly what the caller wo
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import logging
@@ -32,7 +33,7 @@ from .errors import status_error_from_response
 from .messages import MessageList
 from .processors import default_processors
 from .retries import RetryPolicy
-from .run import AnyProcessor, Pipeline, Run, asend_with_retries, send_with_retries
+from .run import AnyProcessor, Pipeline, Step, asend_with_retries, send_with_retries
 
 __all__ = ["ErrorProcessorMiddleware", "guard", "install", "installed", "uninstall"]
 
@@ -125,9 +126,9 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
                 raise
             return failed[0]
 
-    def _run(self, request: APIRequest) -> Run | None:
-        """A run over a Messages request's body, or ``None`` for anything else (passed
-        through untouched): another endpoint, or a body that is not a conversation."""
+    def _run(self, request: APIRequest) -> Step | None:
+        """A run of one step over a Messages request's body, or ``None`` for anything else
+        (passed through untouched): another endpoint, or a body that is not a conversation."""
         if not self.enabled or request.method.lower() != "post":
             return None
         if urlsplit(request.url).path.rstrip("/") not in _MESSAGES_PATHS:
@@ -140,8 +141,8 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         except (TypeError, ValueError) as exc:
             logger.debug("passing a Messages request through untouched: %s", exc)
             return None
-        params = {key: value for key, value in body.items() if key != "messages"}
-        return Run(self.pipeline, _NO_TRANSIENT_RETRIES, messages, params, consults=APIStatusError)
+        params = copy.deepcopy({key: value for key, value in body.items() if key != "messages"})
+        return Step(self.pipeline, _NO_TRANSIENT_RETRIES, messages, params, consults=APIStatusError)
 
 
 def _rebuilt(request: APIRequest, body: dict[str, Any]) -> APIRequest:

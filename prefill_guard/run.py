@@ -1,15 +1,20 @@
-"""One run: the decision core and the loop that sends, in the shape of the SDK's own retry loop.
+"""A run of steps, the decision core of one step, and the loops that send, in the SDK's shape.
 
-A run is one call of ``Agent.generate`` (or ``agenerate``, a stream, one Messages request
-through a guarded client): its conversation, its parameters and every decision about its
-requests. :class:`Run` makes the decisions and does no I/O: :meth:`Run.failed` (and its async
-twin :meth:`Run.afailed`, which awaits ``async def`` processors) is told that a request failed
-and answers how long to wait before sending again, or ``None`` to give up. The drivers are
-:func:`send_with_retries` and :func:`asend_with_retries`: one plain loop each, the same text.
+A *run* is one call of ``Agent.generate`` (or ``agenerate``, a stream): one conversation, its
+parameters and a ``state`` dict, over one or more *steps*. A step is one model call, with its
+retries (its *attempts*); between steps the Agent runs the tools the reply asked for. One
+Messages request through a guarded client is a run of one step.
+
+:class:`Step` makes the decisions of one model call and does no I/O: :meth:`Step.failed` (and
+its async twin :meth:`Step.afailed`, which awaits ``async def`` processors) is told that a
+request failed and answers how long to wait before sending again, or ``None`` to give up.
+:func:`send_with_retries` and :func:`asend_with_retries` send one step: one plain loop each,
+the same text. :func:`run_steps` and :func:`arun_steps` go from step to step.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 import logging
@@ -18,11 +23,12 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from anthropic import APIError
-from anthropic.types import Message
+from anthropic.types import Message, ToolUseBlock
 
-from .contract import ParamsProcessor, ProcessAPIErrorResult, Processor, RequestParams
+from .contract import Abort, ParamsProcessor, ProcessAPIErrorResult, Processor, RequestParams
 from .messages import MessageList, Snapshot
 from .retries import RetryDetails, RetryPolicy, TransientBudget
+from .tools import Toolbox, ToolCall
 
 __all__ = [
     "AnyProcessor",
@@ -30,7 +36,12 @@ __all__ = [
     "Pipeline",
     "Run",
     "RunResult",
+    "Step",
+    "StepResult",
+    "all_calls",
+    "arun_steps",
     "asend_with_retries",
+    "run_steps",
     "send_with_retries",
 ]
 
@@ -58,26 +69,66 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class StepResult:
+    """One completed step: the reply, the tool calls the Agent answered, the attempts."""
+
+    number: int
+    message: Message
+    tool_calls: tuple[ToolCall, ...]
+    attempts: tuple[Attempt, ...]
+
+
+RunStopReason = Literal[
+    "end_turn",
+    "tool_use",
+    "max_tokens",
+    "stop_sequence",
+    "pause_turn",
+    "refusal",
+    "max_steps",
+    "aborted",
+]
+
+
+@dataclass(frozen=True)
 class RunResult:
     """The outcome of one run.
 
-    ``messages`` is the conversation afterwards: the input, any hidden reminders and the reply.
-    ``attempts`` records every request made and what followed each failed one.
+    ``message`` is the final reply, ``messages`` the conversation afterwards (the input, any
+    hidden reminders, every reply and tool result). ``steps`` has one record per model call.
+    ``stop_reason`` is the final reply's (``end_turn``; ``tool_use`` for a tool the caller
+    must answer), or ``max_steps`` when the run stopped at the step bound with tool calls
+    answered but no reply after them, or ``aborted`` (on :attr:`Abort.result`).
     """
 
     message: Message
     messages: MessageList
-    attempts: tuple[Attempt, ...]
+    steps: tuple[StepResult, ...]
+    stop_reason: str
 
     @property
     def text(self) -> str:
-        """The reply's text blocks, joined."""
+        """The final reply's text blocks, joined."""
         return "".join(block.text for block in self.message.content if block.type == "text")
+
+    @property
+    def attempts(self) -> tuple[Attempt, ...]:
+        """Every request of the run, step after step, numbered within each step."""
+        return tuple(attempt for step in self.steps for attempt in step.attempts)
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """Every tool call the Agent answered, in order."""
+        return tuple(call for step in self.steps for call in step.tool_calls)
 
     @property
     def retried_by(self) -> tuple[str, ...]:
         """The ids of the processors that caused retries, in order."""
         return tuple(a.retried_by for a in self.attempts if a.retried_by is not None)
+
+
+_CONTEXT = ("params", "step", "steps", "state")
+"""What a processor's hook gets when its signature declares it by name."""
 
 
 @dataclass(frozen=True)
@@ -86,25 +137,23 @@ class _Entry:
 
     processor: AnyProcessor
     id: str
-    takes_params: bool
+    takes: frozenset[str]
     is_async: bool
     before_send: Callable[..., object] | None
-
-    def call(
-        self, error: APIError, messages: MessageList, retry_count: int, params: RequestParams
-    ) -> object:
-        kwargs: dict[str, Any] = {"error": error, "messages": messages, "retry_count": retry_count}
-        if self.takes_params:
-            kwargs["params"] = params
-        return self.processor.process_api_error(**kwargs)
+    before_send_takes: frozenset[str]
 
 
-def _accepts_params(hook: Callable[..., object]) -> bool:
+def _declared(hook: Callable[..., object]) -> frozenset[str]:
+    """Which of the optional context arguments (:data:`_CONTEXT`) ``hook`` declares by name; a
+    hook that takes ``**kwargs`` gets ``params`` (as it always has), the rest only by name."""
     try:
         parameters = inspect.signature(hook).parameters.values()
     except (TypeError, ValueError):
-        return False
-    return any(p.name == "params" or p.kind is p.VAR_KEYWORD for p in parameters)
+        return frozenset()
+    named = {p.name for p in parameters if p.name in _CONTEXT}
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        named.add("params")
+    return frozenset(named)
 
 
 def _register(processor: object, where: str) -> _Entry:
@@ -127,9 +176,10 @@ def _register(processor: object, where: str) -> _Entry:
     return _Entry(
         processor=processor,  # type: ignore[arg-type]
         id=processor_id,
-        takes_params=_accepts_params(hook),
+        takes=_declared(hook),
         is_async=inspect.iscoroutinefunction(hook),
         before_send=before_send,
+        before_send_takes=_declared(before_send) if before_send is not None else frozenset(),
     )
 
 
@@ -164,9 +214,7 @@ class Pipeline:
             seen[entry.id] = index
         self._entries = entries
         self._async_ids = tuple(entry.id for entry in entries if entry.is_async)
-        self._before_send = tuple(
-            (entry.id, entry.before_send) for entry in entries if entry.before_send is not None
-        )
+        self._before_send = tuple(entry for entry in entries if entry.before_send is not None)
         self.max_processor_retries = max_processor_retries
 
     @property
@@ -189,15 +237,16 @@ class Pipeline:
             )
 
 
-class Run:
-    """One run's conversation, parameters and decisions; free of I/O, made per call.
+class Step:
+    """One model call's decisions, over its run's conversation and parameters; free of I/O.
 
-    ``messages`` is the run's conversation (changed in place by processors), ``params`` its own
-    deep copy of the request parameters. On construction the processors' ``before_send``
-    hooks prepare the first request: a hook may append messages and set parameters, and one
-    that raises is logged and skipped, what it appended dropped and the parameters put back.
-    ``consults`` is the kind of error the processors are asked about (the guarded client asks
-    them about error responses only: transport errors are the SDK's to retry).
+    ``messages`` and ``params`` are the run's, changed in place by processors: a repair made in
+    one step holds for the rest of the run. On construction the processors' ``before_send``
+    hooks prepare the step's first request: a hook may append messages and set parameters, and
+    one that raises is logged and skipped, what it appended dropped and the parameters put
+    back. ``consults`` is the kind of error the processors are asked about (the guarded client
+    asks them about error responses only: transport errors are the SDK's to retry). Per-step:
+    the attempts, each processor's ``retry_count``, the cap, the transient budget.
     """
 
     def __init__(
@@ -207,10 +256,20 @@ class Run:
         messages: MessageList,
         params: RequestParams,
         *,
+        number: int = 0,
+        steps: tuple[StepResult, ...] = (),
+        state: dict[str, Any] | None = None,
         consults: type[APIError] = APIError,
     ) -> None:
         self.messages = messages
-        self.params: RequestParams = copy.deepcopy(params)
+        self.params = params
+        self.number = number
+        self._context: dict[str, Any] = {
+            "params": params,
+            "step": number,
+            "steps": steps,
+            "state": {} if state is None else state,
+        }
         self._pipeline = pipeline
         self._policy = policy
         self._consults = consults
@@ -218,8 +277,8 @@ class Run:
         self._retry_counts = [0] * len(pipeline._entries)
         self._processor_retries = 0
         self._budget: TransientBudget | None = None  # made by the first transient failure
-        for owner, hook in pipeline._before_send:
-            self._prepare(owner, hook)
+        for entry in pipeline._before_send:
+            self._prepare(entry)
 
     @property
     def attempts(self) -> tuple[Attempt, ...]:
@@ -235,8 +294,8 @@ class Run:
         """The next attempt's request, rebuilt from the conversation (hidden metadata removed)."""
         return {**self.params, "messages": self.messages.to_api()}
 
-    def succeeded(self, message: Message, request_id: str | None = None) -> RunResult:
-        """Record the successful attempt, append the reply to the conversation, sum it up.
+    def succeeded(self, message: Message, request_id: str | None = None) -> None:
+        """Record the successful attempt and append the reply to the conversation.
 
         A reply with no content (or only whitespace text) is not appended: such an assistant
         turn would make every later request of the conversation fail with a 400.
@@ -249,7 +308,6 @@ class Run:
             self.messages.append(message)
         else:
             logger.warning("the reply (request id %s) has no content; not stored", request_id)
-        return RunResult(message, self.messages, tuple(self._attempts))
 
     def failed(self, error: BaseException) -> float | None:
         """After ``error``: the seconds to wait before sending again, or ``None`` to give up.
@@ -267,13 +325,16 @@ class Run:
         saved = self._save()
         for index, entry in enumerate(self._pipeline._entries):
             try:
-                result = entry.call(error, self.messages, self._retry_counts[index], self.params)
+                result = self._call(entry, index, error)
                 if inspect.isawaitable(result):
                     _close(result)
                     raise _AwaitableInSyncRun(entry.id)
             except _AwaitableInSyncRun as refused:
                 self._undo(saved)
                 raise refused.as_type_error() from None
+            except Abort:
+                self._undo(saved)
+                raise
             except Exception:
                 self._skip(entry.id, error, saved)
                 continue
@@ -294,9 +355,12 @@ class Run:
         saved = self._save()
         for index, entry in enumerate(self._pipeline._entries):
             try:
-                result = entry.call(error, self.messages, self._retry_counts[index], self.params)
+                result = self._call(entry, index, error)
                 if inspect.isawaitable(result):
                     result = await result
+            except Abort:
+                self._undo(saved)
+                raise
             except Exception:
                 self._skip(entry.id, error, saved)
                 continue
@@ -309,15 +373,26 @@ class Run:
 
     # -- the parts of a decision ---------------------------------------------------------------
 
-    def _prepare(self, owner: str, hook: Callable[..., object]) -> None:
+    def _call(self, entry: _Entry, index: int, error: APIError) -> object:
+        context = {name: self._context[name] for name in entry.takes}
+        return entry.processor.process_api_error(
+            error=error, messages=self.messages, retry_count=self._retry_counts[index], **context
+        )
+
+    def _prepare(self, entry: _Entry) -> None:
+        assert entry.before_send is not None
         length, params = len(self.messages), dict(self.params)
+        context = {name: self._context[name] for name in entry.before_send_takes}
+        context["params"] = self.params  # every before_send gets them
         try:
-            hook(messages=self.messages, params=self.params)
-        except Exception:
-            logger.exception("processor %r raised in before_send; skipped", owner)
+            entry.before_send(messages=self.messages, **context)
+        except BaseException as error:
             del self.messages[length:]
             self.params.clear()
             self.params.update(params)
+            if not isinstance(error, Exception) or isinstance(error, Abort):
+                raise
+            logger.exception("processor %r raised in before_send; skipped", entry.id)
 
     def _transient(self, error: BaseException) -> float | None:
         if self._budget is None:
@@ -429,8 +504,8 @@ def _close(awaitable: object) -> None:
         awaitable.close()
 
 
-def send_with_retries(run: Run, send: Callable[[dict[str, Any]], T]) -> T:
-    """Send the run's request until it succeeds or nothing retries; then the error is raised.
+def send_with_retries(step: Step, send: Callable[[dict[str, Any]], T]) -> T:
+    """Send the step's request until it succeeds or nothing retries; then the error is raised.
 
     ``send`` makes one attempt from a request (the SDK's own errors propagate from it). When
     neither a transient retry nor a processor answers a failure, the caller gets that very
@@ -438,23 +513,153 @@ def send_with_retries(run: Run, send: Callable[[dict[str, Any]], T]) -> T:
     """
     while True:
         try:
-            return send(run.request())
+            return send(step.request())
         except Exception as error:
-            wait = run.failed(error)
+            wait = step.failed(error)
             if wait is None:
                 raise
         if wait:
-            run.policy.sleep_sync(wait)
+            step.policy.sleep_sync(wait)
 
 
-async def asend_with_retries(run: Run, send: Callable[[dict[str, Any]], Awaitable[T]]) -> T:
+async def asend_with_retries(step: Step, send: Callable[[dict[str, Any]], Awaitable[T]]) -> T:
     """The async twin of :func:`send_with_retries`; ``async def`` processors are awaited."""
     while True:
         try:
-            return await send(run.request())
+            return await send(step.request())
         except Exception as error:
-            wait = await run.afailed(error)
+            wait = await step.afailed(error)
             if wait is None:
                 raise
         if wait:
-            await run.policy.sleep_async(wait)
+            await step.policy.sleep_async(wait)
+
+
+class Run:
+    """One run: the conversation, the run's own deep copy of the parameters, a ``state`` dict
+    shared by every processor, the steps so far, and the tools the replies may call.
+
+    The loops (:func:`run_steps`, :func:`arun_steps`) make a :class:`Step` per model call with
+    :meth:`next_step`, and report each reply with :meth:`step_done`. They call ``on_step``
+    after each completed step (a thread saves it; in async code, in a worker thread);
+    ``max_steps`` bounds the model calls.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        policy: RetryPolicy,
+        messages: MessageList,
+        params: RequestParams,
+        *,
+        toolbox: Toolbox | None = None,
+        max_steps: int = 1,
+        on_step: Callable[[], None] | None = None,
+    ) -> None:
+        self.messages = messages
+        self.params: RequestParams = copy.deepcopy(params)
+        self.state: dict[str, Any] = {}
+        self.toolbox = toolbox if toolbox is not None else Toolbox()
+        self.on_step = on_step
+        self._pipeline = pipeline
+        self._policy = policy
+        self._max_steps = max_steps
+        self._steps: list[StepResult] = []
+        self._stop_reason: str | None = None
+
+    @property
+    def steps(self) -> tuple[StepResult, ...]:
+        """The completed steps, in order."""
+        return tuple(self._steps)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the last reply ended the run (no tool call to answer, or the step bound)."""
+        return self._stop_reason is not None
+
+    def next_step(self) -> Step:
+        """The next model call's decision core (its ``before_send`` hooks have run)."""
+        return Step(
+            self._pipeline,
+            self._policy,
+            self.messages,
+            self.params,
+            number=len(self._steps),
+            steps=self.steps,
+            state=self.state,
+        )
+
+    def tool_uses(self, message: Message) -> list[ToolUseBlock]:
+        """The reply's tool calls the Agent answers before the next step; none when the reply
+        ends the run (it calls no tool, or one the caller must answer)."""
+        return self.toolbox.calls(message) or []
+
+    def step_done(self, step: Step, message: Message, calls: list[ToolCall]) -> None:
+        """Record a completed step: its reply (appended by the step) and the tool calls it
+        answered, whose results go into the conversation as the next user turn."""
+        if calls:
+            self.messages.append({"role": "user", "content": [call.result for call in calls]})
+        self._steps.append(StepResult(step.number, message, tuple(calls), step.attempts))
+        if not calls:
+            self._stop_reason = message.stop_reason or "end_turn"
+        elif len(self._steps) >= self._max_steps:
+            self._stop_reason = "max_steps"
+
+    def result(self) -> RunResult:
+        """The finished run's result."""
+        assert self._stop_reason is not None
+        return RunResult(self._steps[-1].message, self.messages, self.steps, self._stop_reason)
+
+    def aborted(self, abort: Abort) -> Abort:
+        """``abort``, with what the run completed before it on ``abort.result``."""
+        if self._steps:
+            last = self._steps[-1].message
+            abort.result = RunResult(last, self.messages, self.steps, "aborted")
+        return abort
+
+
+def run_steps(run: Run, send: Callable[[dict[str, Any]], Message]) -> RunResult:
+    """Step after step: a model call (:func:`send_with_retries`), then the tools its reply
+    asks for, until a reply asks for none the Agent answers, the step bound, or an Abort."""
+    try:
+        while True:
+            step = run.next_step()
+            message = send_with_retries(step, send)
+            step.succeeded(message)
+            calls = [run.toolbox.call(use) for use in run.tool_uses(message)]
+            run.step_done(step, message, calls)
+            if run.on_step is not None:
+                run.on_step()
+            if run.finished:
+                return run.result()
+    except Abort as abort:
+        raise run.aborted(abort) from None
+
+
+async def arun_steps(run: Run, send: Callable[[dict[str, Any]], Awaitable[Message]]) -> RunResult:
+    """The async twin of :func:`run_steps`: the tool calls of one reply run at the same time."""
+    try:
+        while True:
+            step = run.next_step()
+            message = await asend_with_retries(step, send)
+            step.succeeded(message)
+            calls = await all_calls([run.toolbox.acall(use) for use in run.tool_uses(message)])
+            run.step_done(step, message, calls)
+            if run.on_step is not None:
+                await asyncio.to_thread(run.on_step)  # a store may block: off the event loop
+            if run.finished:
+                return run.result()
+    except Abort as abort:
+        raise run.aborted(abort) from None
+
+
+async def all_calls(calls: list[Awaitable[ToolCall]]) -> list[ToolCall]:
+    """Await the calls at the same time; if one raises, the others are cancelled first."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -1,12 +1,14 @@
-"""Streamed runs: ``Agent.stream()`` / ``Agent.astream()`` through the same retry loop.
+"""Streamed runs: ``Agent.stream()`` / ``Agent.astream()``, step after step, through the same loop.
 
-Opening a stream is one *attempt*: send the request and read events up to the first content
-event. Everything that fails before content reaches the consumer (a 400 when the stream opens,
-a 529, an SSE ``error`` event, a dropped connection) is retried by the same loop as
-``generate`` (:func:`~prefill_guard.run.send_with_retries`). Once content has reached the
-consumer there is no silent retry: the original error is raised with the text received so far
-on it as ``partial_text``, and no partial assistant message is put into the conversation. A
-new SDK stream manager is made per attempt.
+Each step's stream is opened by the run's loop (:func:`~prefill_guard.run.send_with_retries`):
+opening is one *attempt*, the request sent and the events read up to the first content event,
+so everything that fails before content reaches the consumer (a 400 when the stream opens, a
+529, an SSE ``error`` event, a dropped connection) is retried like ``generate``'s. Once content
+has reached the consumer there is no silent retry: the original error is raised with the text
+the step had delivered on it as ``partial_text``, and no partial assistant message is put into
+the conversation. A step is complete at its ``message_stop`` event; then the Agent runs the
+tools its reply asked for and opens the next step's stream. A new SDK stream manager is made
+per attempt.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import json
 import logging
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -29,18 +32,70 @@ from anthropic.lib.streaming import (
     MessageStreamManager,
     ParsedMessageStreamEvent,
 )
-from anthropic.types import Message
+from anthropic.types import Message, ToolUseBlock
 
-from .contract import AsyncClient, SyncClient
+from .contract import Abort, AsyncClient, SyncClient
 from .errors import set_partial_text
-from .run import Run, RunResult, asend_with_retries, send_with_retries
+from .run import (
+    Run,
+    RunResult,
+    Step,
+    StepResult,
+    all_calls,
+    asend_with_retries,
+    send_with_retries,
+)
+from .tools import ToolCall
 
-__all__ = ["AgentStream", "AsyncAgentStream"]
+__all__ = [
+    "AgentStream",
+    "AsyncAgentStream",
+    "RunEvent",
+    "StepEvent",
+    "TextEvent",
+    "ToolCallEvent",
+    "ToolResultEvent",
+]
 
 logger = logging.getLogger("prefill_guard")
 
 if TYPE_CHECKING:  # the SDK's alias is only subscriptable for type checkers
     StreamEvent: TypeAlias = ParsedMessageStreamEvent[Any]
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    """A piece of a step's reply text, as it arrives."""
+
+    step: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallEvent:
+    """A tool the Agent is about to run, for a step's reply."""
+
+    step: int
+    call: ToolUseBlock
+
+
+@dataclass(frozen=True)
+class ToolResultEvent:
+    """A tool the Agent ran, with its result."""
+
+    step: int
+    call: ToolCall
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """A step finished: its reply is complete and its tool calls answered."""
+
+    step: StepResult
+
+
+RunEvent = TextEvent | ToolCallEvent | ToolResultEvent | StepEvent
+"""What :meth:`AgentStream.events` yields, so a UI can show text and tools as they come."""
 
 
 def _is_content(event: StreamEvent) -> bool:
@@ -86,61 +141,12 @@ def _cut_short(request: httpx2.Request) -> anthropic.APIConnectionError:
     )
 
 
-class _Tracker:
-    """The I/O-free part shared by both twins: pending events, partial text, the result."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self.pending: deque[StreamEvent] = deque()
-        self.texts: list[str] = []
-        self.stopped = False
-        self.closed = False
-        self.result: RunResult | None = None
-
-    def seen(self, event: StreamEvent) -> StreamEvent:
-        if event.type == "message_stop":
-            self.stopped = True
-        return event
-
-    def delivered(self, event: StreamEvent) -> StreamEvent:
-        text = _text_of(event)
-        if text is not None:
-            self.texts.append(text)
-        return event
-
-    def check_open(self, entered: bool) -> bool:
-        """Whether there is anything left to give; raises if the stream cannot be read."""
-        if self.result is not None:
-            return False
-        if self.closed:
-            raise RuntimeError("the stream was closed before it finished; nothing was stored")
-        if not entered:
-            raise RuntimeError("enter the stream first: 'with agent.stream(...) as stream:'")
-        return True
-
-    def interrupted(self, error: BaseException) -> None:
-        received = "".join(self.texts)
-        set_partial_text(error, received)
-        logger.warning(
-            "stream interrupted by %s after %d characters reached the consumer; not retried",
-            type(error).__name__,
-            len(received),
-        )
-
-    def finish(self, message: Message, request_id: str | None) -> RunResult:
-        self.result = self.run.succeeded(message, request_id)
-        return self.result
-
-    def require_result(self) -> RunResult:
-        if self.result is None:
-            raise RuntimeError(
-                "the stream has not finished: iterate it or call get_final_message() first"
-            )
-        return self.result
+def _stopped(events: list[StreamEvent]) -> bool:
+    return any(event.type == "message_stop" for event in events)
 
 
 def _open(
-    client: SyncClient, request: dict[str, Any], tracker: _Tracker
+    client: SyncClient, request: dict[str, Any]
 ) -> tuple[MessageStreamManager, MessageStream, list[StreamEvent]]:
     """One attempt: send the request and read events up to the first content event."""
     manager = client.messages.stream(**request)
@@ -149,9 +155,9 @@ def _open(
     try:
         try:
             while not head or not _is_content(head[-1]):
-                head.append(tracker.seen(next(stream)))
+                head.append(next(stream))
         except StopIteration:
-            if not tracker.stopped:
+            if not _stopped(head):
                 raise _cut_short(stream.response.request) from None
         except _RAW_ERRORS as exc:
             raise _api_error(exc, stream.response) from exc
@@ -162,7 +168,7 @@ def _open(
 
 
 async def _aopen(
-    client: AsyncClient, request: dict[str, Any], tracker: _Tracker
+    client: AsyncClient, request: dict[str, Any]
 ) -> tuple[AsyncMessageStreamManager, AsyncMessageStream, list[StreamEvent]]:
     """The async twin of :func:`_open`."""
     manager = client.messages.stream(**request)
@@ -171,9 +177,9 @@ async def _aopen(
     try:
         try:
             while not head or not _is_content(head[-1]):
-                head.append(tracker.seen(await stream.__anext__()))
+                head.append(await stream.__anext__())
         except StopAsyncIteration:
-            if not tracker.stopped:
+            if not _stopped(head):
                 raise _cut_short(stream.response.request) from None
         except _RAW_ERRORS as exc:
             raise _api_error(exc, stream.response) from exc
@@ -183,65 +189,132 @@ async def _aopen(
     return manager, stream, head
 
 
-def _read(tracker: _Tracker, stream: MessageStream) -> Iterator[StreamEvent]:
-    """The events not yet delivered, to ``message_stop``; a failure on the way is raised as
-    the SDK's own error (:func:`_api_error`) with the text delivered so far on it."""
+class _StepStream:
+    """One step's open stream: its events not yet delivered, and the text that has been."""
+
+    def __init__(self, step: Step, stream: MessageStream | AsyncMessageStream, head: list[Any]):
+        self.step = step
+        self.stream = stream
+        self.pending: deque[StreamEvent] = deque(head)
+        self.texts: list[str] = []
+        self.stopped = _stopped(head)
+
+    def delivered(self, event: StreamEvent) -> StreamEvent:
+        text = _text_of(event)
+        if text is not None:
+            self.texts.append(text)
+        return event
+
+    def seen(self, event: StreamEvent) -> StreamEvent:
+        if event.type == "message_stop":
+            self.stopped = True
+        return event
+
+    def interrupted(self, error: BaseException) -> BaseException:
+        """``error`` as the SDK's own, with the step's delivered text on it (it is raised)."""
+        converted = _api_error(error, self.stream.response)
+        received = "".join(self.texts)
+        set_partial_text(converted, received)
+        logger.warning(
+            "stream interrupted by %s after %d characters reached the consumer; not retried",
+            type(converted).__name__,
+            len(received),
+        )
+        return converted
+
+    def reply(self) -> Message:
+        """The step's complete reply (its ``message_stop`` has arrived)."""
+        return self.stream.current_message_snapshot
+
+
+def _read(opened: _StepStream) -> Iterator[StreamEvent]:
+    """A step's events not yet delivered, to ``message_stop``; a failure on the way is raised
+    as the SDK's own error with the text delivered so far on it."""
+    stream = opened.stream
+    assert isinstance(stream, MessageStream)
     try:
-        while tracker.pending:
-            yield tracker.pending.popleft()
+        while opened.pending:
+            yield opened.pending.popleft()
         for event in stream:
-            yield tracker.seen(event)
-        if not tracker.stopped:
+            yield opened.seen(event)
+            if opened.stopped:
+                return
+        if not opened.stopped:
             raise _cut_short(stream.response.request)
     except Exception as error:
-        converted = _api_error(error, stream.response)
-        tracker.interrupted(converted)
+        converted = opened.interrupted(error)
         if converted is error:
             raise
         raise converted from error
 
 
-async def _aread(tracker: _Tracker, stream: AsyncMessageStream) -> AsyncIterator[StreamEvent]:
+async def _aread(opened: _StepStream) -> AsyncIterator[StreamEvent]:
     """The async twin of :func:`_read`."""
+    stream = opened.stream
+    assert isinstance(stream, AsyncMessageStream)
     try:
-        while tracker.pending:
-            yield tracker.pending.popleft()
+        while opened.pending:
+            yield opened.pending.popleft()
         async for event in stream:
-            yield tracker.seen(event)
-        if not tracker.stopped:
+            yield opened.seen(event)
+            if opened.stopped:
+                return
+        if not opened.stopped:
             raise _cut_short(stream.response.request)
     except Exception as error:
-        converted = _api_error(error, stream.response)
-        tracker.interrupted(converted)
+        converted = opened.interrupted(error)
         if converted is error:
             raise
         raise converted from error
+
+
+class _State:
+    """What both twins track: entered, closed, the result, the step being read."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.entered = False
+        self.closed = False
+        self.result: RunResult | None = None
+        self.current: _StepStream | None = None
+
+    def check_open(self) -> bool:
+        """Whether there is anything left to give; raises if the stream cannot be read."""
+        if self.result is not None:
+            return False
+        if self.closed:
+            raise RuntimeError("the stream was closed before it finished; nothing more was stored")
+        if not self.entered:
+            raise RuntimeError("enter the stream first: 'with agent.stream(...) as stream:'")
+        return True
+
+    def require_result(self) -> RunResult:
+        if self.result is None:
+            raise RuntimeError(
+                "the stream has not finished: iterate it or call get_final_message() first"
+            )
+        return self.result
 
 
 class AgentStream:
-    """A streamed generation: ``with agent.stream(messages) as stream:``.
+    """A streamed run: ``with agent.stream(messages) as stream:``.
 
-    Iterate it for the SDK's stream events or use ``text_stream`` for the text; then
-    ``get_final_message()`` and ``result`` (a :class:`RunResult`, as ``generate`` returns).
-    The request is sent when the ``with`` block is entered.
+    Iterate it for the SDK's stream events of every step, use ``text_stream`` for the text,
+    or :meth:`events` for typed events (text, tool calls and results, finished steps); then
+    ``get_final_message()`` and ``result`` (a :class:`~prefill_guard.RunResult`, as
+    ``generate`` returns). The first request is sent when the ``with`` block is entered.
     """
 
-    def __init__(
-        self, client: SyncClient, run: Run, *, on_finish: Callable[[], None] | None = None
-    ) -> None:
+    def __init__(self, client: SyncClient, run: Run) -> None:
         self._client = client
-        self._on_finish = on_finish
-        self._tracker = _Tracker(run)
+        self._state = _State(run)
         self._manager: MessageStreamManager | None = None
-        self._stream: MessageStream | None = None
 
     def __enter__(self) -> AgentStream:
-        if self._manager is not None:
+        if self._state.entered:
             raise RuntimeError("this stream was already entered; call agent.stream() again")
-        self._manager, self._stream, head = send_with_retries(
-            self._tracker.run, lambda request: _open(self._client, request, self._tracker)
-        )
-        self._tracker.pending.extend(head)
+        self._state.entered = True
+        self._open_step()
         return self
 
     def __exit__(
@@ -250,59 +323,115 @@ class AgentStream:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._tracker.closed = True
+        self._state.closed = True
         if self._manager is not None:
             self._manager.__exit__(exc_type, exc, traceback)
 
-    def __iter__(self) -> Iterator[StreamEvent]:
-        tracker = self._tracker
-        if not tracker.check_open(self._stream is not None):
+    def _open_step(self) -> None:
+        run = self._state.run
+        step = run.next_step()
+        try:
+            manager, stream, head = send_with_retries(step, lambda r: _open(self._client, r))
+        except Abort as abort:
+            raise run.aborted(abort) from None
+        if self._manager is not None:
+            self._manager.__exit__(None, None, None)
+        self._manager = manager
+        self._state.current = _StepStream(step, stream, head)
+
+    def _drive(self) -> Iterator[StreamEvent | RunEvent]:
+        """Every step's SDK events and the run's own events, in order, to the run's end."""
+        state = self._state
+        if not state.check_open():
             return
-        stream = self._stream
-        assert stream is not None
-        for event in _read(tracker, stream):
-            if event.type == "message_stop":  # complete: kept however the consumer goes on
-                tracker.finish(stream.current_message_snapshot, stream.request_id)
-                if self._on_finish is not None:
-                    self._on_finish()
-            yield tracker.delivered(event)
+        run = state.run
+        while True:
+            opened = state.current
+            assert opened is not None
+            uses: list[ToolUseBlock] = []
+            for event in _read(opened):
+                if event.type == "message_stop":  # complete: kept however the consumer goes on
+                    opened.step.succeeded(opened.reply(), opened.stream.request_id)
+                    uses = run.tool_uses(opened.reply())
+                    if not uses:
+                        state.result = self._finish(opened, [])
+                yield opened.delivered(event)
+            if state.result is not None:
+                yield StepEvent(state.result.steps[-1])
+                return
+            calls = []
+            try:
+                for use in uses:
+                    yield ToolCallEvent(opened.step.number, use)
+                    call = run.toolbox.call(use)
+                    calls.append(call)
+                    yield ToolResultEvent(opened.step.number, call)
+            except Abort as abort:
+                raise run.aborted(abort) from None
+            result = self._finish(opened, calls)
+            yield StepEvent(run.steps[-1])
+            if result is not None:
+                state.result = result
+                return
+            self._open_step()
+
+    def _finish(self, opened: _StepStream, calls: list[ToolCall]) -> RunResult | None:
+        """Record the step (and save it); the run's result if it ended with it."""
+        run = self._state.run
+        run.step_done(opened.step, opened.reply(), calls)
+        if run.on_step is not None:
+            run.on_step()
+        return run.result() if run.finished else None
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        for item in self._drive():
+            if not isinstance(item, (TextEvent, ToolCallEvent, ToolResultEvent, StepEvent)):
+                yield item
+
+    def events(self) -> Iterator[RunEvent]:
+        """The run as typed events: text as it arrives, tool calls and results, finished steps."""
+        state = self._state
+        for item in self._drive():
+            if isinstance(item, (TextEvent, ToolCallEvent, ToolResultEvent, StepEvent)):
+                yield item
+            elif (text := _text_of(item)) is not None:
+                assert state.current is not None
+                yield TextEvent(state.current.step.number, text)
 
     @property
     def text_stream(self) -> Iterator[str]:
-        """The reply's text, delta by delta."""
+        """The replies' text, delta by delta, step after step."""
         return (text for event in self if (text := _text_of(event)) is not None)
 
     def get_final_message(self) -> Message:
-        """Read the stream to the end and return the complete reply."""
-        for _ in self:
+        """Read the run to the end and return the final reply."""
+        for _ in self._drive():
             pass
-        return self._tracker.require_result().message
+        return self._state.require_result().message
 
     @property
     def result(self) -> RunResult:
-        """The :class:`RunResult`, once the stream has been read to the end."""
-        return self._tracker.require_result()
+        """The :class:`~prefill_guard.RunResult`, once the run has been read to the end."""
+        return self._state.require_result()
 
 
 class AsyncAgentStream:
-    """The async twin of :class:`AgentStream`: ``async with agent.astream(messages) as s:``."""
+    """The async twin of :class:`AgentStream`: ``async with agent.astream(messages) as s:``.
 
-    def __init__(
-        self, client: AsyncClient, run: Run, *, on_finish: Callable[[], None] | None = None
-    ) -> None:
+    The tool calls of one reply run at the same time; a completed step is saved off the event
+    loop.
+    """
+
+    def __init__(self, client: AsyncClient, run: Run) -> None:
         self._client = client
-        self._on_finish = on_finish
-        self._tracker = _Tracker(run)
+        self._state = _State(run)
         self._manager: AsyncMessageStreamManager | None = None
-        self._stream: AsyncMessageStream | None = None
 
     async def __aenter__(self) -> AsyncAgentStream:
-        if self._manager is not None:
+        if self._state.entered:
             raise RuntimeError("this stream was already entered; call agent.astream() again")
-        self._manager, self._stream, head = await asend_with_retries(
-            self._tracker.run, lambda request: _aopen(self._client, request, self._tracker)
-        )
-        self._tracker.pending.extend(head)
+        self._state.entered = True
+        await self._open_step()
         return self
 
     async def __aexit__(
@@ -311,35 +440,92 @@ class AsyncAgentStream:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._tracker.closed = True
+        self._state.closed = True
         if self._manager is not None:
             await self._manager.__aexit__(exc_type, exc, traceback)
 
-    async def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        tracker = self._tracker
-        if not tracker.check_open(self._stream is not None):
+    async def _open_step(self) -> None:
+        run = self._state.run
+        step = run.next_step()
+        try:
+            opened = await asend_with_retries(step, lambda r: _aopen(self._client, r))
+        except Abort as abort:
+            raise run.aborted(abort) from None
+        manager, stream, head = opened
+        if self._manager is not None:
+            await self._manager.__aexit__(None, None, None)
+        self._manager = manager
+        self._state.current = _StepStream(step, stream, head)
+
+    async def _drive(self) -> AsyncIterator[StreamEvent | RunEvent]:
+        """The async twin of :meth:`AgentStream._drive`."""
+        state = self._state
+        if not state.check_open():
             return
-        stream = self._stream
-        assert stream is not None
-        async for event in _aread(tracker, stream):
-            if event.type == "message_stop":  # complete: kept however the consumer goes on
-                tracker.finish(stream.current_message_snapshot, stream.request_id)
-                if self._on_finish is not None:
-                    await asyncio.to_thread(self._on_finish)  # a store may block the loop
-            yield tracker.delivered(event)
+        run = state.run
+        while True:
+            opened = state.current
+            assert opened is not None
+            uses: list[ToolUseBlock] = []
+            async for event in _aread(opened):
+                if event.type == "message_stop":  # complete: kept however the consumer goes on
+                    opened.step.succeeded(opened.reply(), opened.stream.request_id)
+                    uses = run.tool_uses(opened.reply())
+                    if not uses:
+                        state.result = await self._finish(opened, [])
+                yield opened.delivered(event)
+            if state.result is not None:
+                yield StepEvent(state.result.steps[-1])
+                return
+            for use in uses:
+                yield ToolCallEvent(opened.step.number, use)
+            try:
+                calls = await all_calls([run.toolbox.acall(use) for use in uses])
+            except Abort as abort:
+                raise run.aborted(abort) from None
+            for call in calls:
+                yield ToolResultEvent(opened.step.number, call)
+            result = await self._finish(opened, calls)
+            yield StepEvent(run.steps[-1])
+            if result is not None:
+                state.result = result
+                return
+            await self._open_step()
+
+    async def _finish(self, opened: _StepStream, calls: list[ToolCall]) -> RunResult | None:
+        run = self._state.run
+        run.step_done(opened.step, opened.reply(), calls)
+        if run.on_step is not None:
+            await asyncio.to_thread(run.on_step)  # a store may block: keep it off the loop
+        return run.result() if run.finished else None
+
+    async def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        async for item in self._drive():
+            if not isinstance(item, (TextEvent, ToolCallEvent, ToolResultEvent, StepEvent)):
+                yield item
+
+    async def events(self) -> AsyncIterator[RunEvent]:
+        """The async twin of :meth:`AgentStream.events`."""
+        state = self._state
+        async for item in self._drive():
+            if isinstance(item, (TextEvent, ToolCallEvent, ToolResultEvent, StepEvent)):
+                yield item
+            elif (text := _text_of(item)) is not None:
+                assert state.current is not None
+                yield TextEvent(state.current.step.number, text)
 
     @property
     def text_stream(self) -> AsyncIterator[str]:
-        """The reply's text, delta by delta."""
+        """The replies' text, delta by delta, step after step."""
         return (text async for event in self if (text := _text_of(event)) is not None)
 
     async def get_final_message(self) -> Message:
-        """Read the stream to the end and return the complete reply."""
-        async for _ in self:
+        """Read the run to the end and return the final reply."""
+        async for _ in self._drive():
             pass
-        return self._tracker.require_result().message
+        return self._state.require_result().message
 
     @property
     def result(self) -> RunResult:
-        """The :class:`RunResult`, once the stream has been read to the end."""
-        return self._tracker.require_result()
+        """The :class:`~prefill_guard.RunResult`, once the run has been read to the end."""
+        return self._state.require_result()

@@ -73,9 +73,10 @@ async def test_async_recovers_in_exactly_two_requests(
 def test_without_the_handler_the_original_error_is_raised(
     anthropic_emulator: AnthropicEmulator,
 ) -> None:
-    """Control: with no processor the prefill 400 reaches the caller after one request."""
+    """Control: with no processor (error_processors=[]) the prefill 400 reaches the caller
+    after one request."""
     with anthropic_emulator.client() as client, pytest.raises(anthropic.BadRequestError):
-        Agent(MODEL, client=client).generate(ENDS_WITH_ASSISTANT)
+        Agent(MODEL, client=client, error_processors=[]).generate(ENDS_WITH_ASSISTANT)
     assert len(anthropic_emulator.message_requests) == 1
 
 

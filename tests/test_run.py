@@ -1,5 +1,5 @@
-"""The run: the decision core (order, per-processor counts, the cap, raising processors,
-params, async, before_send) and the loop that sends."""
+"""A step's decision core (order, per-processor counts, the cap, raising processors, params,
+async, before_send) and the loop that sends one step."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from prefill_guard import MessageList, PrefillErrorHandler, ProcessAPIErrorResult
 from prefill_guard.retries import RetryPolicy
-from prefill_guard.run import Pipeline, Run, asend_with_retries, send_with_retries
+from prefill_guard.run import Pipeline, Run, Step, asend_with_retries, send_with_retries
 from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
 
 from .conftest import SwitchModel
@@ -68,11 +68,11 @@ NO_TRANSIENT = RetryPolicy(max_retries=0)
 PROCESSOR_RETRY = 0.0  # what Run.failed answers for a processor's retry: send again at once
 
 
-def _run(pipeline: Pipeline, params: dict[str, Any] | None = None) -> Run:
+def _run(pipeline: Pipeline, params: dict[str, Any] | None = None) -> Step:
     messages = MessageList(
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
     )
-    return Run(
+    return Step(
         pipeline, NO_TRANSIENT, messages, params or {"model": "claude-opus-4-6", "max_tokens": 16}
     )
 
@@ -275,7 +275,7 @@ def test_only_the_winning_processor_keeps_its_changes(outcome: str) -> None:
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
     )
     first = messages[0]
-    run = Run(
+    run = Step(
         Pipeline([HalfRepair(outcome)]),
         NO_TRANSIENT,
         messages,
@@ -343,7 +343,7 @@ def test_the_processors_after_one_that_did_not_win_see_the_conversation_as_it_wa
     )
     sees = Sees()
     pipeline = Pipeline([HalfRepair(outcome), Recorder("declines"), sees])
-    run = Run(pipeline, NO_TRANSIENT, messages, {"model": "m", "nested": {"list": [1]}})
+    run = Step(pipeline, NO_TRANSIENT, messages, {"model": "m", "nested": {"list": [1]}})
     assert run.failed(ERROR) == PROCESSOR_RETRY
     original = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
     assert sees.seen == [(original, {"model": "m", "nested": {"list": [1]}})]
@@ -422,7 +422,7 @@ def _caller_conversation() -> list[dict[str, Any]]:
 
 def test_before_send_hooks_prepare_the_first_request_in_order() -> None:
     """Each hook sees what the ones before it appended and set."""
-    run = Run(
+    run = Step(
         Pipeline([Prepare("one"), Prepare("two")]),
         NO_TRANSIENT,
         MessageList(_caller_conversation()),
@@ -447,7 +447,7 @@ def test_a_before_send_hook_that_raises_is_logged_skipped_and_undone(
             NO_TRANSIENT,
             MessageList(_caller_conversation()),
             params,
-        )
+        ).next_step()
     assert "processor 'failing' raised in before_send; skipped" in caplog.text
     assert run.messages.to_api() == [*_caller_conversation(), _user("appended by next")]
     assert run.params == {"model": "m", "nested": {"list": [1]}, "set_by": "next"}
@@ -468,7 +468,9 @@ def test_a_run_owns_a_deep_copy_of_its_parameters() -> None:
 
     params = {"model": "m", "nested": {"list": [1]}}
     run = Run(Pipeline([EditsNested()]), NO_TRANSIENT, MessageList(_caller_conversation()), params)
-    assert run.params["nested"] == {"list": [1, "hook"]}
+    step = run.next_step()
+    assert step.params["nested"] == {"list": [1, "hook"]}
+    assert run.params is step.params  # a repair in one step holds for the next
     assert params == {"model": "m", "nested": {"list": [1]}}
 
 
@@ -515,7 +517,7 @@ def test_the_loop_waits_what_the_transient_policy_says() -> None:
             raise failures.pop()
         return "reply"
 
-    run = Run(Pipeline(), policy, MessageList(_caller_conversation()), {"model": "m"})
+    run = Step(Pipeline(), policy, MessageList(_caller_conversation()), {"model": "m"})
     assert send_with_retries(run, send) == "reply"
     assert waits == [0.25, 0.25]
     assert [a.retry for a in run.attempts] == ["transient", "transient"]  # then the reply
@@ -536,7 +538,7 @@ async def test_the_async_loop_awaits_async_processors_and_sleeps() -> None:
             raise failures.pop()
         return "reply"
 
-    run = Run(
+    run = Step(
         Pipeline([AsyncRecorder()]), policy, MessageList(_caller_conversation()), {"model": "m"}
     )
     assert await asend_with_retries(run, send) == "reply"

@@ -151,7 +151,7 @@ def test_using_a_stream_after_its_block_is_a_clear_error(
     with anthropic_emulator.client() as client:
         with Agent(MODEL, client=client).stream(conversation) as stream:
             pass
-        with pytest.raises(RuntimeError, match="closed before it finished; nothing was stored"):
+        with pytest.raises(RuntimeError, match="closed before it finished; nothing more was"):
             stream.get_final_message()
     assert len(conversation) == 1
 
