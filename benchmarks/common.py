@@ -20,7 +20,7 @@ import anthropic
 
 from prefill_guard import Agent, MessageList
 from prefill_guard.messages import check_input
-from prefill_guard.run import Run
+from prefill_guard.run import Run, Step
 
 __all__ = [
     "CONVERSATION_HEADER",
@@ -37,7 +37,7 @@ __all__ = [
     "machine",
     "median",
     "percentile",
-    "prepared_run",
+    "prepared_step",
     "ratio_interval",
     "write_json",
 ]
@@ -359,11 +359,11 @@ def write_json(path: str, payload: dict[str, Any]) -> None:
         out.write("\n")
 
 
-def prepared_run(agent: Agent, conversation: list[dict[str, Any]] | MessageList) -> Run:
+def prepared_step(agent: Agent, conversation: list[dict[str, Any]] | MessageList) -> Step:
     """What ``Agent.generate`` makes before its first request, through the public parts: the
-    conversation (a list copied, a MessageList used in place), its check, and the run (its
-    parameters copied, its ``before_send`` hooks run)."""
+    conversation (a list copied, a MessageList used in place), its check, the run (its
+    parameters copied) and its first step (the ``before_send`` hooks run)."""
     messages = conversation if isinstance(conversation, MessageList) else MessageList(conversation)
     check_input(messages)
     params = {"model": agent.model, **agent.default_params}
-    return Run(agent.pipeline, agent.retry_policy, messages, params)
+    return Run(agent.pipeline, agent.retry_policy, messages, params).next_step()

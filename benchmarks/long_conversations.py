@@ -12,7 +12,7 @@ from typing import Any
 from prefill_guard import Agent, ErrorProcessorMiddleware, MessageList, default_processors
 from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
 
-from .common import MODEL, Config, Section, cpu_per_call, interleave, median, prepared_run
+from .common import MODEL, Config, Section, cpu_per_call, interleave, median, prepared_step
 from .overhead import _in_memory_client, _Recorder
 
 __all__ = ["SIZES", "long_conversation", "run"]
@@ -66,7 +66,7 @@ def _paths(size: int) -> dict[str, Callable[[], object]]:
     agent = Agent(MODEL, client=_in_memory_client(), error_processors=default_processors())
 
     def first_request(conversation: list[dict[str, Any]] | MessageList) -> object:
-        return prepared_run(agent, conversation).request()
+        return prepared_step(agent, conversation).request()
 
     def from_list() -> object:
         return first_request(messages)
@@ -95,10 +95,10 @@ def _paths(size: int) -> dict[str, Callable[[], object]]:
     rejection = make_api_error(400, PREFILL_MESSAGE)
 
     def repair() -> object:
-        run = prepared_run(agent, ends_with_assistant)
-        if run.failed(rejection) is None:
+        step = prepared_step(agent, ends_with_assistant)
+        if step.failed(rejection) is None:
             raise AssertionError("the prefill rejection was not repaired")
-        return run.request()
+        return step.request()
 
     return {
         "Agent, list of dicts (copied)": from_list,

@@ -37,7 +37,7 @@ from .common import (
     interleave,
     median,
     percentile,
-    prepared_run,
+    prepared_step,
     ratio_interval,
 )
 
@@ -264,19 +264,19 @@ def _stages(section: Section, config: Config) -> None:
     conversation = MessageList(CONVERSATION)
     params = {"model": MODEL, "max_tokens": MAX_TOKENS}
     stages: dict[str, Callable[[], object]] = {
-        "the run before its first request (all of it)": lambda: prepared_run(
+        "the run before its first request (all of it)": lambda: prepared_step(
             agent, CONVERSATION
         ).request(),
         "  copy the caller's 3 messages into a MessageList": lambda: MessageList(CONVERSATION),
         "  check the input (check_input)": lambda: check_input(conversation),
-        "  make the run (parameters copied, before_send hooks)": lambda: Run(
+        "  make the run and its step (parameters copied, before_send hooks)": lambda: Run(
             agent.pipeline, agent.retry_policy, conversation, params
-        ),
+        ).next_step(),
         "the request's messages (MessageList.to_api)": conversation.to_api,
         "store the reply (its blocks as dicts)": lambda: MessageList().append(reply),
         "Attempt + RunResult records": lambda: (
             Attempt(1, None, "req_bench"),
-            RunResult(reply, conversation, ()),
+            RunResult(reply, conversation, (), "end_turn"),
         ),
     }
     iterations = config.pick(50_000, 5_000)
