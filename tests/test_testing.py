@@ -730,8 +730,11 @@ def test_truncated_body_does_not_kill_the_server(
     assert create(client, "claude-haiku-4-5", USER_HI).content[0].type == "text"
 
 
-def test_chunked_request_body_is_decoded(emu: AnthropicEmulator) -> None:
-    """A Transfer-Encoding: chunked body is reassembled and handled normally."""
+def test_chunked_request_body_gets_411_and_the_server_keeps_serving(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """A Transfer-Encoding: chunked body is refused with 411 + close, unrecorded (the SDK never
+    sends one; bodies are read by Content-Length), and later requests still work."""
     body = json.dumps({"model": "claude-haiku-4-5", "max_tokens": 8, "messages": USER_HI}).encode()
     half = len(body) // 2
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:half], body[half:]))
@@ -744,9 +747,16 @@ def test_chunked_request_body_is_decoded(emu: AnthropicEmulator) -> None:
         while chunk := sock.recv(65536):
             received += chunk
     head, _, payload = received.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
-    assert json.loads(payload)["content"][0]["text"] == DEFAULT_REPLY_TEXT
-    assert emu.requests[0].body["messages"] == USER_HI
+    assert head.startswith(b"HTTP/1.1 411 Length Required")
+    assert b"connection: close" in head.lower()
+    assert_error_shape(
+        json.loads(payload),
+        "invalid_request_error",
+        "chunked request bodies are not accepted: send the body with a Content-Length header",
+    )
+    assert emu.requests == []
+
+    assert create(client, "claude-haiku-4-5", USER_HI).content[0].type == "text"
 
 
 # -- streaming ----------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ __all__ = [
     "MAX_BODY_BYTES",
     "Responder",
     "Response",
-    "error_response",
     "joined_headers",
     "refuse_body",
 ]
@@ -44,6 +43,9 @@ _VERTEX_PATH: Final[re.Pattern[str]] = re.compile(
     r":(?P<specifier>rawPredict|streamRawPredict)"
 )
 _CHUNK_RE: Final[re.Pattern[str]] = re.compile(r"\s*\S+\s*|\s+")
+_LENGTH_REQUIRED_MESSAGE: Final[str] = (
+    "chunked request bodies are not accepted: send the body with a Content-Length header"
+)
 
 
 def _messages_route(method: str, path: str) -> tuple[str | None] | None:
@@ -197,8 +199,7 @@ def _json_response(status: int, body: Mapping[str, Any]) -> Response:
     )
 
 
-def error_response(status: int, message: str | None = None) -> Response:
-    """The API's JSON error answer for `status`, with `message` or the standard one."""
+def _error_response(status: int, message: str | None = None) -> Response:
     return _json_response(status, error_body(status, message))
 
 
@@ -231,16 +232,19 @@ def _is_streaming(body: Any) -> bool:
     return isinstance(body, dict) and body.get("stream") is True
 
 
-def refuse_body(length: int) -> Response | None:
+def refuse_body(transfer_encoding: str | None, length: int) -> Response | None:
     """The answer to a request body the emulator will not read, or None to read it.
 
-    A `length` below 0 (an invalid Content-Length) gets 400 and one over `MAX_BODY_BYTES` gets
-    413. Such requests are not recorded.
+    The emulator reads bodies by their Content-Length only (the SDK never sends chunked ones),
+    so a chunked body gets 411; a `length` below 0 (an invalid Content-Length) gets 400 and
+    one over `MAX_BODY_BYTES` gets 413. Such requests are not recorded.
     """
+    if transfer_encoding is not None and "chunked" in transfer_encoding.lower():
+        return _error_response(411, _LENGTH_REQUIRED_MESSAGE)
     if length < 0:
-        return error_response(400, "Invalid Content-Length header")
+        return _error_response(400, "Invalid Content-Length header")
     if length > MAX_BODY_BYTES:
-        return error_response(413)
+        return _error_response(413)
     return None
 
 
@@ -297,7 +301,8 @@ class Responder:
     def requests(self) -> list[RecordedRequest]:
         """A copy of every request received so far (any path), in arrival order.
 
-        Requests whose body could not be read (bad Content-Length, client gone) are not recorded.
+        Requests whose body could not be read (bad Content-Length, a chunked body, client
+        gone) are not recorded.
         """
         with self._lock:
             return list(self._requests)
@@ -413,7 +418,7 @@ class Responder:
             try:
                 fault = self._take_fault(recorded)
             except Exception as exc:
-                return error_response(500, f"emulator when= raised {exc!r}")
+                return _error_response(500, f"emulator when= raised {exc!r}")
         try:
             if fault is not None:
                 if fault.kind == "stall":
@@ -423,7 +428,7 @@ class Responder:
                     return self._fault_response(fault, body)
             route = _messages_route(method, path)
             if route is None:
-                return error_response(404)
+                return _error_response(404)
             (path_model,) = route
             if path_model is not None and isinstance(body, dict):
                 # Bedrock/Vertex: the model comes from the path, the version is their own key.
@@ -432,7 +437,7 @@ class Responder:
                 raw = json.dumps(body).encode()
             return self._messages(headers, raw, body)
         except Rejection as rejection:
-            return error_response(rejection.status, rejection.message)
+            return _error_response(rejection.status, rejection.message)
 
     def _take_fault(self, request: RecordedRequest) -> Fault | None:
         """Remove and return the first queued fault that applies to ``request`` (lock held)."""

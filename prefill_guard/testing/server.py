@@ -1,8 +1,8 @@
 """`AnthropicEmulator`: the responder served over HTTP on the standard library's server.
 
-`http.server` parses requests; this module reads their bodies and writes the answers itself
-where the faults need control of the framing (chunked SSE streams cut short, half bodies, stalls
-that notice the client leaving).
+`http.server` parses requests and reads bodies by Content-Length; this module writes the
+answers itself only where the faults need control of the framing (chunked SSE streams cut
+short, half bodies, stalls that notice the client leaving).
 """
 
 from __future__ import annotations
@@ -20,14 +20,7 @@ from typing import Any, Final
 import anthropic
 
 from .api_errors import reason_phrase
-from .responder import (
-    DEFAULT_REPLY_TEXT,
-    Responder,
-    Response,
-    error_response,
-    joined_headers,
-    refuse_body,
-)
+from .responder import DEFAULT_REPLY_TEXT, Responder, Response, joined_headers, refuse_body
 from .rules import ModelRule
 
 __all__ = ["AnthropicEmulator"]
@@ -121,12 +114,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes | None:
         """Read the request body; if it cannot be read, answer (when there is one to give),
         close, and return None."""
-        if self.headers.get("transfer-encoding", "").strip().lower() == "chunked":
-            return self._read_chunked()
         raw_length = self.headers.get("content-length")
         digits = "0" if raw_length is None else raw_length.strip()
         length = int(digits) if digits.isascii() and digits.isdigit() else -1
-        refusal = refuse_body(length)
+        refusal = refuse_body(self.headers.get("transfer-encoding"), length)
         if refusal is not None:
             self.close_connection = True
             self._send(refusal)
@@ -136,34 +127,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         return data
-
-    def _read_chunked(self) -> bytes | None:
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            line = self.rfile.readline(1024)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                self.close_connection = True
-                self._send(error_response(400, "Invalid chunked encoding"))
-                return None
-            if size == 0:
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass  # discard trailers
-                return b"".join(chunks)
-            total += size
-            refusal = refuse_body(total)
-            if refusal is not None:
-                self.close_connection = True
-                self._send(refusal)
-                return None
-            chunk = self.rfile.read(size)
-            self.rfile.readline(1024)
-            if len(chunk) < size:
-                self.close_connection = True
-                return None
-            chunks.append(chunk)
 
     def _handle(self, *, send_body: bool = True) -> None:
         try:
