@@ -1,4 +1,5 @@
-"""Shared fixtures: a harness that runs one conversation through any of the four drivers."""
+"""Shared fixtures: a harness that runs one conversation through any of the four drivers, and the
+fixtures and helpers the emulator's own tests (test_testing_*.py) share."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from types import ModuleType
 from typing import Any
 
 import anthropic
+import httpx2
 import pytest
+from anthropic.types import Message
 
 from prefill_guard import (
     Agent,
@@ -18,6 +21,8 @@ from prefill_guard import (
     ProcessAPIErrorResult,
     RetryDetails,
     RunResult,
+    api_error_type,
+    api_message,
     shared_knowledge,
 )
 from prefill_guard.testing import DEFAULT_RULES, AnthropicEmulator
@@ -203,3 +208,78 @@ async def harness(
     harness = Harness(anthropic_emulator, request.param)
     yield harness
     await harness.close()
+
+
+# -- the emulator's own tests ------------------------------------------------------------------
+
+PREFILL_TEXT = (
+    "This model does not support assistant message prefill. "
+    "The conversation must end with a user message."
+)
+USER_HI: list[Any] = [{"role": "user", "content": "hi"}]
+REPLY_CHUNKS = ["Hello ", "from ", "the ", "prefill_guard ", "emulator."]
+"""The default reply's text deltas: each word with its trailing whitespace."""
+
+
+@pytest.fixture
+def emu() -> Iterator[AnthropicEmulator]:
+    """A started emulator with default settings, stopped after the test."""
+    with AnthropicEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def client(emu: AnthropicEmulator) -> Iterator[anthropic.Anthropic]:
+    """A sync SDK client on `emu`, over HTTP."""
+    with emu.client() as sdk_client:
+        yield sdk_client
+
+
+def create(client: anthropic.Anthropic, model: str, messages: list[Any]) -> Message:
+    return client.messages.create(model=model, max_tokens=64, messages=messages)
+
+
+def raw_post(emu: AnthropicEmulator, body: bytes, headers: dict[str, str]) -> httpx2.Response:
+    with httpx2.Client(base_url=emu.base_url) as http:
+        response: httpx2.Response = http.post("/v1/messages", content=body, headers=headers)
+    return response
+
+
+def assert_error_shape(body: object, error_type: str, message: str) -> None:
+    assert isinstance(body, dict)
+    assert set(body) == {"type", "error", "request_id"}
+    assert body["type"] == "error"
+    assert body["error"] == {"type": error_type, "message": message}
+    request_id = body["request_id"]
+    assert isinstance(request_id, str)
+    assert request_id.startswith("req_")
+    assert len(request_id) == len("req_") + 24
+    assert request_id[4:].isalnum()
+
+
+def assert_bad_request(exc: anthropic.BadRequestError, message: str) -> None:
+    assert exc.status_code == 400
+    assert api_error_type(exc) == "invalid_request_error"
+    assert api_message(exc) == message
+    assert exc.request_id is not None
+    assert exc.request_id.startswith("req_")
+    assert_error_shape(exc.body, "invalid_request_error", message)
+    assert isinstance(exc.body, dict)
+    assert exc.body["request_id"] == exc.request_id
+
+
+def stream_text(client: anthropic.Anthropic, received: list[str]) -> None:
+    """Stream a reply through `client.messages.stream`, appending each text delta as it comes."""
+    with client.messages.stream(
+        model="claude-haiku-4-5", max_tokens=64, messages=USER_HI
+    ) as stream:
+        received.extend(stream.text_stream)
+
+
+async def astream_text(client: anthropic.AsyncAnthropic, received: list[str]) -> None:
+    """The async twin of `stream_text`."""
+    async with client.messages.stream(
+        model="claude-haiku-4-5", max_tokens=64, messages=USER_HI
+    ) as stream:
+        async for text in stream.text_stream:
+            received.append(text)
