@@ -1,4 +1,4 @@
-"""An emulator of the Anthropic Messages API, for tests.
+"""An emulator of the Anthropic Messages API, for tests: over real HTTP or in memory.
 
 `AnthropicEmulator` is a real HTTP server on 127.0.0.1 that the real `anthropic` SDK can talk to.
 It answers ``POST /v1/messages`` with the same body shapes and error texts as the real API,
@@ -6,6 +6,8 @@ including the 400 that Claude 4.6-and-later models give for an assistant-message
 streams ``"stream": true`` requests as chunked server-sent events in the API's event order. It
 can be scripted with `Fault` answers to exercise retry logic: HTTP errors (529, 429 with
 retry-after, HTML 502 pages, ...), ``error`` events mid-stream, dropped connections and stalls.
+``emulator.client(in_memory=True)`` (or an http client on ``emulator.transport()``) gets the
+same answers without a socket or ``start()``.
 
 Model-specific rejections (prefill, ``temperature`` with ``top_p``, deprecated sampling
 parameters, ``thinking.type.enabled``, forced ``tool_choice``, orphaned ``tool_use`` blocks and
@@ -16,8 +18,8 @@ answers, in the order `prefill_guard.testing.checks` gives.
 
 The parts: `rules` (the API's texts and the model rules), `checks` (the validation),
 `faults` (`Fault`, `RecordedRequest`), `api_errors` (error bodies and `make_api_error`),
-`responder` (the API logic and state, free of I/O) and `server` (`AnthropicEmulator`, on
-`http.server`).
+`responder` (the API logic and state, free of I/O), `server` (`AnthropicEmulator`, on
+`http.server`) and `transport` (the in-memory `httpx2.MockTransport`).
 """
 
 from __future__ import annotations

@@ -135,8 +135,10 @@ class Fault:
     def stall(cls, seconds: float) -> Fault:
         """Wait `seconds` before handling the request normally (a slow or hung server).
 
-        The wait ends early, closing the connection without an answer, when the emulator stops
-        or the client goes away (e.g. after its own timeout).
+        Over HTTP the wait ends early, closing the connection without an answer, when the
+        emulator stops or the client goes away (e.g. after its own timeout). The in-memory
+        transport has neither: it sleeps the whole `seconds` (see
+        `AnthropicEmulator.transport`).
         """
         return cls(200, kind="stall", seconds=seconds)
 

@@ -1,7 +1,8 @@
 """The emulator's API logic without I/O: state, scripted faults, validation and the answers.
 
 `Responder.respond` turns one request (method, path, headers, body bytes) into a `Response`
-value; the HTTP server (`server`) only carries it.
+value; the HTTP server (`server`) and the in-memory transport (`transport`) only carry it, so
+both answer every request alike.
 """
 
 from __future__ import annotations
@@ -269,7 +270,8 @@ class Responder:
     """The Messages API's answers and the emulator's state, free of I/O and thread-safe.
 
     It holds the rules, the reply, ``max_input_tokens``, the recorded requests and the queued
-    faults; `respond` answers one request. `AnthropicEmulator` serves it over HTTP.
+    faults; `respond` answers one request. `AnthropicEmulator` serves it over HTTP and
+    `AnthropicEmulator.transport` in memory.
     """
 
     def __init__(

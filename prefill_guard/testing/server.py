@@ -18,10 +18,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 import anthropic
+import httpx2
 
 from .api_errors import reason_phrase
 from .responder import DEFAULT_REPLY_TEXT, Responder, Response, joined_headers, refuse_body
 from .rules import ModelRule
+from .transport import IN_MEMORY_BASE_URL, in_memory_transport
 
 __all__ = ["AnthropicEmulator"]
 
@@ -200,7 +202,8 @@ class AnthropicEmulator(Responder):
     """A local HTTP server that emulates the Anthropic Messages API for tests.
 
     Run it with ``with AnthropicEmulator() as emu:`` (or `start`/`stop`) and point the real SDK at
-    `base_url`; it records every request and can be scripted with `Fault` answers.
+    `base_url`; it records every request and can be scripted with `Fault` answers. Without a
+    socket, `transport` (or ``client(in_memory=True)``) gives the same answers in memory.
     """
 
     def __init__(
@@ -305,13 +308,40 @@ class AnthropicEmulator(Responder):
 
     # -- SDK clients ---------------------------------------------------------------------------
 
-    def client(self, **kwargs: Any) -> anthropic.Anthropic:
-        """A sync SDK client pointed at this emulator (``max_retries=0``); kwargs override."""
-        return anthropic.Anthropic(**self._client_options(kwargs))
+    def transport(self) -> httpx2.MockTransport:
+        """An in-memory transport to this emulator, for `httpx2.Client` or `httpx2.AsyncClient`.
 
-    def async_client(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
-        """An async SDK client pointed at this emulator (``max_retries=0``); kwargs override."""
-        return anthropic.AsyncAnthropic(**self._client_options(kwargs))
+        It needs no `start` and no socket, and shares this emulator's rules, faults and
+        recorded requests. A stall sleeps its whole time in the calling thread, blocking the
+        event loop in async code; a client timeout cannot end it (see
+        `prefill_guard.testing.transport`).
+        """
+        return in_memory_transport(self)
 
-    def _client_options(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        return {"api_key": "test-key", "base_url": self.base_url, "max_retries": 0, **overrides}
+    def client(self, *, in_memory: bool = False, **kwargs: Any) -> anthropic.Anthropic:
+        """A sync SDK client pointed at this emulator (``max_retries=0``); kwargs override.
+
+        With ``in_memory=True`` its ``http_client`` uses `transport` (no socket, no `start`).
+        """
+        options = self._client_options(in_memory, kwargs)
+        if in_memory and "http_client" not in kwargs:
+            options["http_client"] = httpx2.Client(transport=self.transport())
+        return anthropic.Anthropic(**options)
+
+    def async_client(self, *, in_memory: bool = False, **kwargs: Any) -> anthropic.AsyncAnthropic:
+        """An async SDK client pointed at this emulator (``max_retries=0``); kwargs override.
+
+        With ``in_memory=True`` its ``http_client`` uses `transport` (no socket, no `start`).
+        """
+        options = self._client_options(in_memory, kwargs)
+        if in_memory and "http_client" not in kwargs:
+            options["http_client"] = httpx2.AsyncClient(transport=self.transport())
+        return anthropic.AsyncAnthropic(**options)
+
+    def _client_options(self, in_memory: bool, overrides: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "api_key": "test-key",
+            "base_url": IN_MEMORY_BASE_URL if in_memory else self.base_url,
+            "max_retries": 0,
+            **overrides,
+        }
