@@ -323,8 +323,9 @@ class Responder:
         `RecordedRequest`: method, path, lower-cased headers, parsed body). Other requests pass
         them by and take the first queued fault that applies to them, or their normal answer;
         so with many requests in flight, a fault can still go to one chosen request, such as
-        the first one that carries a given header. ``when`` runs in the server thread, under
-        the emulator's lock, so it should only read the request. If it raises, the request
+        the first one that carries a given header. ``when`` runs in the thread that handles the
+        request (the server's, or the caller's in memory), under the emulator's lock, so it
+        should only read the request. If it raises, the request
         gets a 500 that names the exception, and the fault stays queued.
         """
         for index, fault in enumerate(faults):
