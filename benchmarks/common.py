@@ -50,9 +50,10 @@ CONVERSATION_HEADER = "x-bench-conversation"
 """Names the conversation a request belongs to (for the per-conversation fault)."""
 
 MODEL = "claude-sonnet-4-6"
-"""A model that rejects prefill and that the adaptive guard's built-in list knows."""
-UNKNOWN_MODEL = "claude-nova-7-2"
-"""A (made-up, later) model that rejects prefill and that no list knows."""
+"""A model that rejects prefill, and that the model table knows does."""
+UNKNOWN_MODEL = "acme-nova-1"
+"""An alias (a gateway's, a fine-tune's) for a model that rejects prefill: the benchmark's
+emulator rejects prefill for it, and the model table cannot read its version."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 import anthropic
 import httpx2
 
-from prefill_guard import Agent, PrefillErrorHandler, default_processors, guard
+from prefill_guard import Agent, PrefillErrorHandler, default_processors, guard, shared_knowledge
 from prefill_guard.knowledge import PrefillKnowledge
 
 from .common import MODEL, UNKNOWN_MODEL, Config, EmulatorProcess, Section, emulator_process
@@ -69,13 +69,22 @@ def _scenarios() -> list[Scenario]:
 
     return [
         ("reactive handler alone (PrefillErrorHandler), known model", "2", reactive),
-        ("adaptive guard + handler, model the built-in list knows", "1", adaptive(MODEL)),
+        ("adaptive handler + handler, model the table knows", "1", adaptive(MODEL)),
         (
-            "adaptive guard + handler, model no list knows",
+            "adaptive handler + handler, model the table does not know",
             "2 first, then 1",
             adaptive(UNKNOWN_MODEL),
         ),
-        ("guarded client (middleware), model no list knows", "2 first, then 1", guarded),
+        (
+            "guarded client (middleware), model the table does not know",
+            "2 first, then 1",
+            guarded,
+        ),
+        (
+            "a second guarded client in the same process",
+            "1",
+            guarded,
+        ),
     ]
 
 
@@ -106,7 +115,7 @@ def run(config: Config) -> Section:
     conversations = config.pick(1000, 20)
     section.check(
         not PrefillKnowledge().rejects_prefill(UNKNOWN_MODEL),
-        f"{UNKNOWN_MODEL!r} is in the built-in list now: pick another unknown model",
+        f"the model table knows {UNKNOWN_MODEL!r} now: pick another unknown model",
     )
     reply = reply_text(8)
     section.data = {"conversations": conversations, "scenarios": {}}
@@ -121,6 +130,8 @@ def run(config: Config) -> Section:
         )
         emulator.reset()
         for name, target, build in _scenarios():
+            if not name.startswith("a second"):  # what a process learned, it keeps
+                shared_knowledge().clear()
             counter = _Counter()
             with _client(emulator, counter) as client:
                 send = build(client)

@@ -19,9 +19,10 @@ import argparse
 import sys
 import time
 
+from prefill_guard.models import rejects_prefill
 from prefill_guard.testing import AnthropicEmulator, Fault, RecordedRequest, RequestPredicate
 
-from .common import CONVERSATION_HEADER
+from .common import CONVERSATION_HEADER, UNKNOWN_MODEL
 
 __all__ = ["main", "reply_text"]
 
@@ -60,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reply-words", type=int, default=8)
     parser.add_argument("--retry-after-ms", type=int, default=10)
     args = parser.parse_args(argv)
-    emulator = AnthropicEmulator(reply=reply_text(args.reply_words)).start()
+    emulator = AnthropicEmulator(
+        reply=reply_text(args.reply_words),
+        rules={"prefill": lambda model: rejects_prefill(model) or model == UNKNOWN_MODEL},
+    ).start()
     print(f"listening {emulator.base_url}", flush=True)
     try:
         for line in sys.stdin:
