@@ -9,10 +9,16 @@ from typing import Any
 import anthropic
 import httpx2
 import pytest
-from anthropic.types import Message
+from anthropic.types import Message, ToolUseBlock
 
-from prefill_guard import api_message
-from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator, Fault, RecordedRequest
+from prefill_guard import api_message, models
+from prefill_guard.testing import (
+    DEFAULT_REPLY_TEXT,
+    AnthropicEmulator,
+    Fault,
+    RecordedRequest,
+    tool_use,
+)
 
 from .conftest import (
     REPLY_CHUNKS,
@@ -141,14 +147,17 @@ def test_reply_callable_receives_parsed_request_body() -> None:
 
 
 def test_reply_callable_returning_non_text_gives_500() -> None:
-    """A reply callable that returns something other than a str surfaces as a 500 api_error."""
+    """A reply callable that returns something other than a reply (a str, or content blocks)
+    surfaces as a 500 api_error."""
     with (
         AnthropicEmulator(reply=lambda body: None) as emu,  # type: ignore[arg-type,return-value]
         emu.client() as client,
         pytest.raises(anthropic.InternalServerError) as info,
     ):
         create(client, "claude-haiku-4-5", USER_HI)
-    assert api_message(info.value) == "emulator reply callable returned NoneType, not str"
+    assert api_message(info.value) == (
+        "emulator reply callable returned NoneType, not str or a list of content blocks"
+    )
 
 
 def test_reply_string_is_used_as_text() -> None:
@@ -168,13 +177,13 @@ def test_non_json_body_is_recorded_as_text(emu: AnthropicEmulator) -> None:
 def test_unknown_path_gives_404(emu: AnthropicEmulator) -> None:
     """Any other path or method answers 404 not_found_error."""
     with httpx2.Client(base_url=emu.base_url) as http:
-        get_models = http.get("/v1/models", headers={"x-api-key": "k"})
+        get_files = http.get("/v1/files", headers={"x-api-key": "k"})
         get_messages = http.get("/v1/messages", headers={"x-api-key": "k"})
-    for response in (get_models, get_messages):
+    for response in (get_files, get_messages):
         assert response.status_code == 404
         assert_error_shape(response.json(), "not_found_error", "Not Found")
     assert [(r.method, r.path) for r in emu.requests] == [
-        ("GET", "/v1/models"),
+        ("GET", "/v1/files"),
         ("GET", "/v1/messages"),
     ]
     assert emu.message_requests == []
@@ -319,3 +328,57 @@ def test_reset_clears_requests_and_pending_faults(
     assert emu.pending_faults == []
     assert create(client, "claude-haiku-4-5", USER_HI).content[0].type == "text"
     assert len(emu.requests) == 1
+
+
+# -- replies that call tools, and the Models API ----------------------------------------------
+
+WEATHER = tool_use("get_weather", {"city": "Oslo", "units": "metric"}, id="toolu_01")
+
+
+def test_a_reply_can_call_a_tool(emu: AnthropicEmulator, client: anthropic.Anthropic) -> None:
+    """A queued reply of text and tool_use blocks comes back as the SDK's blocks, with
+    stop_reason tool_use; the next request gets the next reply, then the configured one."""
+    emu.reply_with([{"type": "text", "text": "Let me check."}, WEATHER], "Sunny.")
+    first = create(client, "claude-opus-4-6", USER_HI)
+    assert first.stop_reason == "tool_use"
+    assert [block.type for block in first.content] == ["text", "tool_use"]
+    called = first.content[1]
+    assert isinstance(called, ToolUseBlock)
+    assert (called.id, called.name, called.input) == ("toolu_01", "get_weather", WEATHER["input"])
+    assert create(client, "claude-opus-4-6", USER_HI).content[0].text == "Sunny."  # type: ignore[union-attr]
+    assert create(client, "claude-opus-4-6", USER_HI).content[0].text == DEFAULT_REPLY_TEXT  # type: ignore[union-attr]
+
+
+def test_a_streamed_tool_call_arrives_as_input_json_deltas(
+    emu: AnthropicEmulator, client: anthropic.Anthropic
+) -> None:
+    """Streamed, the tool call is a tool_use block start, input_json_delta pieces and a stop;
+    the SDK's accumulated message has the whole input."""
+    emu.reply_with([{"type": "text", "text": "Checking."}, WEATHER])
+    with client.messages.stream(model="claude-opus-4-6", max_tokens=64, messages=USER_HI) as stream:
+        kinds = [event.type for event in stream]
+        message = stream.get_final_message()
+    assert message.stop_reason == "tool_use"
+    called = message.content[1]
+    assert isinstance(called, ToolUseBlock)
+    assert called.input == WEATHER["input"]
+    assert kinds.count("content_block_start") == 2
+    assert kinds.count("content_block_stop") == 2
+    assert kinds[-1] == "message_stop"
+
+
+def test_a_bad_reply_is_refused_when_it_is_given() -> None:
+    """A reply that is neither text nor text and tool_use blocks is a TypeError at once."""
+    with pytest.raises(TypeError, match="reply must be a str or a list of content blocks"):
+        AnthropicEmulator(reply=[{"type": "image"}])
+    with pytest.raises(TypeError, match=r"reply_with\(\): replies\[1\] is a bad content block"):
+        AnthropicEmulator().reply_with("fine", [{"type": "tool_use", "name": "x"}])
+
+
+def test_the_models_api_lists_the_model_table(client: anthropic.Anthropic) -> None:
+    """GET /v1/models lists every model of prefill_guard.models.KNOWN_MODELS, through the SDK's
+    models.list(); models.retrieve() gets one, and an unknown id is a 404."""
+    assert [model.id for model in client.models.list()] == list(models.KNOWN_MODELS)
+    assert client.models.retrieve("claude-opus-4-6").id == "claude-opus-4-6"
+    with pytest.raises(anthropic.NotFoundError):
+        client.models.retrieve("claude-unknown-9")

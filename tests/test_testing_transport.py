@@ -270,7 +270,7 @@ def test_framing_matches_the_server() -> None:
     with httpx2.Client(transport=emu.transport(), base_url="http://emulator.invalid") as http:
         chunked = http.post("/v1/messages", content=iter([b"{}"]), headers={"x-api-key": "k"})
         head = http.head("/v1/messages")
-        missing = http.get("/v1/models")
+        missing = http.get("/v1/files")
     assert chunked.status_code == 411
     assert_error_shape(
         chunked.json(),
@@ -282,7 +282,7 @@ def test_framing_matches_the_server() -> None:
     assert_error_shape(missing.json(), "not_found_error", "Not Found")
     assert [(r.method, r.path) for r in emu.requests] == [
         ("HEAD", "/v1/messages"),
-        ("GET", "/v1/models"),
+        ("GET", "/v1/files"),
     ]
 
 

@@ -14,7 +14,10 @@ parameters, ``thinking.type.enabled``, forced ``tool_choice``, orphaned ``tool_u
 the whitespace rules) are *rules*, each applied to the models its predicate selects; see
 `RULE_NAMES`, `DEFAULT_RULES` and ``AnthropicEmulator(rules=...)``. An optional
 ``max_input_tokens`` answers the API's "prompt is too long" 400. The first failing check
-answers, in the order `prefill_guard.testing.checks` gives.
+answers, in the order `prefill_guard.testing.checks` gives. A reply may be text or content
+blocks, ``tool_use`` blocks (`tool_use`) included, and `AnthropicEmulator.reply_with` queues
+replies, so a test can script a model that calls tools. ``GET /v1/models`` and
+``/v1/models/{id}`` list the models of `prefill_guard.models.KNOWN_MODELS`.
 
 The parts: `rules` (the API's texts and the model rules), `checks` (the validation),
 `faults` (`Fault`, `RecordedRequest`), `api_errors` (error bodies and `make_api_error`),
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 from .api_errors import make_api_error
 from .faults import Fault, FaultKind, RecordedRequest, RequestPredicate
-from .responder import DEFAULT_REPLY_TEXT
+from .responder import DEFAULT_REPLY_TEXT, Reply, tool_use
 from .rules import (
     DEFAULT_RULES,
     FORCED_TOOL_CHOICE_MESSAGE,
@@ -66,6 +69,7 @@ __all__ = [
     "FaultKind",
     "ModelRule",
     "RecordedRequest",
+    "Reply",
     "RequestPredicate",
     "deprecated_parameter_message",
     "make_api_error",
@@ -76,5 +80,6 @@ __all__ = [
     "model_rejects_temperature_with_top_p",
     "orphaned_tool_use_message",
     "prompt_too_long_message",
+    "tool_use",
     "unexpected_tool_result_message",
 ]

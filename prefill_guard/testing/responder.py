@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
+from .. import models
 from .api_errors import ERROR_TYPE_STATUS, error_body, new_id, standard_error
 from .checks import Rejection, check_request, input_tokens
 from .faults import Fault, RecordedRequest, RequestPredicate
@@ -24,10 +25,12 @@ from .rules import DEFAULT_RULES, RULE_NAMES, ModelRule, compile_rule, names_rul
 __all__ = [
     "DEFAULT_REPLY_TEXT",
     "MAX_BODY_BYTES",
+    "Reply",
     "Responder",
     "Response",
     "joined_headers",
     "refuse_body",
+    "tool_use",
 ]
 
 DEFAULT_REPLY_TEXT: Final[str] = "Hello from the prefill_guard emulator."
@@ -44,6 +47,7 @@ _VERTEX_PATH: Final[re.Pattern[str]] = re.compile(
     r":(?P<specifier>rawPredict|streamRawPredict)"
 )
 _CHUNK_RE: Final[re.Pattern[str]] = re.compile(r"\s*\S+\s*|\s+")
+_MODELS_PATH: Final[re.Pattern[str]] = re.compile(r"/v1/models(?:/(?P<model>[^/]+))?/?")
 _LENGTH_REQUIRED_MESSAGE: Final[str] = (
     "chunked request bodies are not accepted: send the body with a Content-Length header"
 )
@@ -81,27 +85,62 @@ class Response:
         return self.status < 200 or self.status in (204, 304)
 
 
+Reply = str | list[dict[str, Any]]
+"""What the emulator answers with: the assistant's text, or its content blocks (``text`` and
+``tool_use`` blocks, see `tool_use`)."""
+
+
+def tool_use(name: str, input: Mapping[str, Any], *, id: str | None = None) -> dict[str, Any]:
+    """A ``tool_use`` content block for a scripted reply (its id made up unless given)."""
+    return {"type": "tool_use", "id": id or new_id("toolu_"), "name": name, "input": dict(input)}
+
+
+def _blocks(reply: Reply) -> list[dict[str, Any]]:
+    return [{"type": "text", "text": reply}] if isinstance(reply, str) else copy.deepcopy(reply)
+
+
+def _json_pieces(value: Any) -> list[str]:
+    """A tool input's JSON in three pieces, as ``input_json_delta`` events carry it."""
+    text = json.dumps(value)
+    third = max(1, len(text) // 3)
+    return [text[:third], text[third : 2 * third], text[2 * third :]]
+
+
 @dataclass(frozen=True)
 class _Completion:
     """One emulated assistant reply, rendered as a Message body or as its SSE events."""
 
     model: str
-    reply: str
+    reply: Reply
     input_tokens: int
 
     @property
+    def blocks(self) -> list[dict[str, Any]]:
+        """The reply's content blocks."""
+        return _blocks(self.reply)
+
+    @property
     def output_tokens(self) -> int:
-        """One token per word of the reply, at least one."""
-        return max(1, len(self.reply.split()))
+        """One token per word of the text and of the tool inputs' JSON, at least one."""
+        words = 0
+        for block in self.blocks:
+            text = block.get("text") if block["type"] == "text" else json.dumps(block.get("input"))
+            words += len(str(text).split())
+        return max(1, words)
+
+    @property
+    def stop_reason(self) -> str:
+        return "tool_use" if any(b["type"] == "tool_use" for b in self.blocks) else "end_turn"
 
     @property
     def chunks(self) -> list[str]:
-        """The reply split into text deltas: each word with its trailing whitespace.
+        """The first text block split into text deltas: each word with its trailing whitespace.
 
         Leading whitespace goes with the first word (or is the only delta), so the deltas always
-        join to exactly the reply; an empty reply has none.
+        join to exactly the text; an empty text has none.
         """
-        return _CHUNK_RE.findall(self.reply)
+        first = self.blocks[0] if self.blocks else {}
+        return _CHUNK_RE.findall(first.get("text", "")) if first.get("type") == "text" else []
 
     def message(self) -> dict[str, Any]:
         """The reply as the API's Message body."""
@@ -110,56 +149,75 @@ class _Completion:
             "type": "message",
             "role": "assistant",
             "model": self.model,
-            "content": [{"type": "text", "text": self.reply}],
-            "stop_reason": "end_turn",
+            "content": self.blocks,
+            "stop_reason": self.stop_reason,
             "stop_sequence": None,
             "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
         }
 
+    @staticmethod
+    def _start(index: int, block: dict[str, Any]) -> bytes:
+        empty = {"type": "text", "text": ""} if block["type"] == "text" else {**block, "input": {}}
+        return _sse_event(
+            "content_block_start",
+            {"type": "content_block_start", "index": index, "content_block": empty},
+        )
+
+    @staticmethod
+    def _delta(index: int, delta: dict[str, Any]) -> bytes:
+        return _sse_event(
+            "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+        )
+
     def stream_head(self) -> list[bytes]:
-        """message_start, content_block_start and ping: what precedes the first delta."""
+        """message_start, the first content_block_start and ping: what precedes the first
+        delta."""
         message = {
             **self.message(),
             "content": [],
             "stop_reason": None,
             "usage": {"input_tokens": self.input_tokens, "output_tokens": 1},
         }
-        return [
-            _sse_event("message_start", {"type": "message_start", "message": message}),
-            _sse_event(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            ),
-            _sse_event("ping", {"type": "ping"}),
-        ]
+        head = [_sse_event("message_start", {"type": "message_start", "message": message})]
+        if self.blocks:
+            head.append(self._start(0, self.blocks[0]))
+        return [*head, _sse_event("ping", {"type": "ping"})]
 
     def stream_deltas(self) -> list[bytes]:
-        """One content_block_delta event per chunk of the reply."""
-        return [
-            _sse_event(
-                "content_block_delta",
-                {
-                    "type": "content_block_delta",
-                    "index": 0,
-                    "delta": {"type": "text_delta", "text": chunk},
-                },
-            )
-            for chunk in self.chunks
-        ]
+        """One piece per content_block_delta event, in order; a piece that opens a later block
+        carries the stop of the block before it and its own start first."""
+        pieces: list[bytes] = []
+        for index, block in enumerate(self.blocks):
+            opening = b"" if index == 0 else self._stop(index - 1) + self._start(index, block)
+            if block["type"] == "text":
+                texts = _CHUNK_RE.findall(block.get("text", ""))
+                deltas = [self._delta(index, {"type": "text_delta", "text": t}) for t in texts]
+            else:
+                parts = _json_pieces(block.get("input", {}))
+                deltas = [
+                    self._delta(index, {"type": "input_json_delta", "partial_json": part})
+                    for part in parts
+                ]
+            if deltas:
+                pieces.extend([opening + deltas[0], *deltas[1:]])
+            elif opening:
+                pieces.append(opening)
+        return pieces
+
+    @staticmethod
+    def _stop(index: int) -> bytes:
+        return _sse_event("content_block_stop", {"type": "content_block_stop", "index": index})
 
     def stream_tail(self) -> list[bytes]:
-        """content_block_stop, message_delta and message_stop: what follows the last delta."""
+        """The last content_block_stop, message_delta and message_stop."""
+        tail = [self._stop(len(self.blocks) - 1)] if self.blocks else []
         return [
-            _sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            *tail,
             _sse_event(
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "delta": {"stop_reason": self.stop_reason, "stop_sequence": None},
                     "usage": {"output_tokens": self.output_tokens},
                 },
             ),
@@ -229,6 +287,31 @@ def _status_fault_response(fault: Fault) -> Response:
     return Response(status=response.status, body=response.body, headers=headers)
 
 
+def _model_info(model: str) -> dict[str, Any]:
+    """The Models API's entry for one model of the model table."""
+    return {
+        "type": "model",
+        "id": model,
+        "display_name": model.replace("-", " ").title(),
+        "created_at": "2026-01-01T00:00:00Z",
+        "lifecycle": "active",
+    }
+
+
+def _models_response(path: str) -> Response:
+    """``GET /v1/models`` (every model of the table, newest first) or ``/v1/models/{id}``."""
+    model = _MODELS_PATH.fullmatch(path)["model"]  # type: ignore[index]
+    if model is not None:
+        if model not in models.KNOWN_MODELS:
+            return _error_response(404, f"model: {model}")
+        return _json_response(200, _model_info(model))
+    data = [_model_info(name) for name in models.KNOWN_MODELS]
+    return _json_response(
+        200,
+        {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]},
+    )
+
+
 def _is_streaming(body: Any) -> bool:
     return isinstance(body, dict) and body.get("stream") is True
 
@@ -266,6 +349,22 @@ def _check_max_input_tokens(value: object) -> int | None:
     return value
 
 
+def _reply_problem(reply: object) -> str | None:
+    """What is wrong with a reply (``None``: nothing): a str, or text and tool_use blocks."""
+    if isinstance(reply, str):
+        return None
+    if not isinstance(reply, list):
+        return f"{type(reply).__name__}, not str or a list of content blocks"
+    for index, block in enumerate(reply):
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            continue
+        if kind == "tool_use" and all(isinstance(block.get(k), str) for k in ("id", "name")):
+            continue
+        return f"a bad content block at [{index}]: {block!r}"
+    return None
+
+
 class Responder:
     """The Messages API's answers and the emulator's state, free of I/O and thread-safe.
 
@@ -278,7 +377,7 @@ class Responder:
         self,
         *,
         no_prefill_models: Iterable[str] | None = None,
-        reply: str | Callable[[dict[str, Any]], str] = DEFAULT_REPLY_TEXT,
+        reply: Reply | Callable[[dict[str, Any]], Reply] = DEFAULT_REPLY_TEXT,
         rules: Mapping[str, ModelRule] | None = None,
         max_input_tokens: int | None = None,
     ) -> None:
@@ -292,7 +391,10 @@ class Responder:
             compiled["prefill"] = names_rule(frozenset(no_prefill_models))
         self._rules: dict[str, Callable[[str], bool]] = compiled
         self._max_input_tokens = _check_max_input_tokens(max_input_tokens)
+        if not callable(reply) and (problem := _reply_problem(reply)) is not None:
+            raise TypeError(f"reply must be a str or a list of content blocks, got {problem}")
         self._reply = reply
+        self._replies: list[Reply] = []
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._faults: list[tuple[Fault, RequestPredicate | None]] = []
@@ -336,6 +438,18 @@ class Responder:
         with self._lock:
             self._faults.extend((fault, when) for fault in faults)
 
+    def reply_with(self, *replies: Reply) -> None:
+        """Queue replies: each next Messages request that is answered (not refused, not given
+        a fault) takes one, in order, instead of the configured reply. A reply is the
+        assistant's text or its content blocks, e.g. ``[tool_use("get_weather", {"city":
+        "Oslo"})]``, which a stream sends as ``input_json_delta`` events."""
+        for index, reply in enumerate(replies):
+            problem = _reply_problem(reply)
+            if problem is not None:
+                raise TypeError(f"reply_with(): replies[{index}] is {problem}")
+        with self._lock:
+            self._replies.extend(copy.deepcopy(list(replies)))
+
     @property
     def pending_faults(self) -> list[Fault]:
         """A copy of the scripted faults that no request has consumed yet, in order."""
@@ -343,10 +457,11 @@ class Responder:
             return [fault for fault, _ in self._faults]
 
     def reset(self) -> None:
-        """Forget all recorded requests and drop any pending scripted faults."""
+        """Forget all recorded requests and drop any pending scripted faults and replies."""
         with self._lock:
             self._requests.clear()
             self._faults.clear()
+            self._replies.clear()
 
     # -- rules ---------------------------------------------------------------------------------
 
@@ -429,6 +544,8 @@ class Responder:
                         return None
                 else:
                     return self._fault_response(fault, body)
+            if method == "GET" and _MODELS_PATH.fullmatch(unquote(urlsplit(path).path)):
+                return _models_response(unquote(urlsplit(path).path))
             route = _messages_route(method, path)
             if route is None:
                 return _error_response(404)
@@ -487,20 +604,25 @@ class Responder:
         model = body.get("model")
         return _Completion(
             model=model if isinstance(model, str) else "unknown",
-            reply=self._reply_text(body),
+            reply=self._reply_for(body),
             input_tokens=input_tokens(body),
         )
 
-    def _reply_text(self, body: dict[str, Any]) -> str:
+    def _reply_for(self, body: dict[str, Any]) -> Reply:
+        """The next queued reply (`reply_with`), else the configured one; checked."""
+        with self._lock:
+            queued = self._replies.pop(0) if self._replies else None
+        if queued is not None:
+            return queued
         if not callable(self._reply):
             return self._reply
         try:
             reply = self._reply(copy.deepcopy(body))
         except Exception as exc:  # surface a broken reply callable as an API error, not a hang
             raise Rejection(500, f"emulator reply callable raised {exc!r}") from exc
-        if not isinstance(reply, str):
-            returned = type(reply).__name__
-            raise Rejection(500, f"emulator reply callable returned {returned}, not str")
+        problem = _reply_problem(reply)
+        if problem is not None:
+            raise Rejection(500, f"emulator reply callable returned {problem}")
         return reply
 
     def _messages(self, headers: Mapping[str, str], raw: bytes, body: Any) -> Response:
@@ -511,7 +633,7 @@ class Responder:
             applies=self.rule_applies,
             max_input_tokens=self.max_input_tokens,
         )
-        completion = _Completion(model, self._reply_text(body), input_tokens(body))
+        completion = _Completion(model, self._reply_for(body), input_tokens(body))
         if _is_streaming(body):
             return _sse_response(completion.stream())
         return _json_response(200, completion.message())

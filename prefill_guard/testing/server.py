@@ -21,7 +21,14 @@ import anthropic
 import httpx2
 
 from .api_errors import reason_phrase
-from .responder import DEFAULT_REPLY_TEXT, Responder, Response, joined_headers, refuse_body
+from .responder import (
+    DEFAULT_REPLY_TEXT,
+    Reply,
+    Responder,
+    Response,
+    joined_headers,
+    refuse_body,
+)
 from .rules import ModelRule
 from .transport import IN_MEMORY_BASE_URL, in_memory_transport
 
@@ -210,7 +217,7 @@ class AnthropicEmulator(Responder):
         self,
         *,
         no_prefill_models: Iterable[str] | None = None,
-        reply: str | Callable[[dict[str, Any]], str] = DEFAULT_REPLY_TEXT,
+        reply: Reply | Callable[[dict[str, Any]], Reply] = DEFAULT_REPLY_TEXT,
         host: str = "127.0.0.1",
         port: int = 0,
         rules: Mapping[str, ModelRule] | None = None,
@@ -219,8 +226,9 @@ class AnthropicEmulator(Responder):
         """Configure (but do not start) the emulator.
 
         ``no_prefill_models=None`` uses `model_rejects_prefill`; otherwise exactly those names (each
-        also with a ``-YYYYMMDD`` suffix) reject prefill. ``reply`` is the assistant text, or a
-        callable that gets the parsed request body and returns it.
+        also with a ``-YYYYMMDD`` suffix) reject prefill. ``reply`` is the assistant text or
+        its content blocks (``text`` and ``tool_use`` blocks, see `tool_use`), or a callable
+        that gets the parsed request body and returns one; `reply_with` queues replies.
 
         ``rules`` maps rule names (`RULE_NAMES`) to the models they apply to (a `ModelRule`);
         rules not named keep their `DEFAULT_RULES` predicate. ``rules={"prefill": ...}`` and
