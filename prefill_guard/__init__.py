@@ -11,18 +11,19 @@ prefill" 400 of Claude 4.6 and later models. The rest of the library is in its s
 from importlib.metadata import version as _version
 
 from .agent import Agent
-from .contract import ParamsProcessor, ProcessAPIErrorResult, Processor, RequestParams
+from .contract import Abort, ParamsProcessor, ProcessAPIErrorResult, Processor, RequestParams
 from .errors import api_error_type, api_message, is_prefill_rejection, partial_text
 from .knowledge import shared_knowledge
 from .messages import MessageList
 from .middleware import ErrorProcessorMiddleware, guard, install, uninstall
 from .processors import AdaptivePrefillHandler, PrefillErrorHandler, default_processors
 from .retries import OnRetry, RetryDetails
-from .run import Attempt, RunResult
+from .run import Attempt, RunResult, StepResult
 from .stores import MemoryStore, SQLiteStore, StoreError, ThreadStore
 from .streaming import AgentStream, AsyncAgentStream
 
 __all__ = [
+    "Abort",
     "AdaptivePrefillHandler",
     "Agent",
     "AgentStream",
@@ -40,6 +41,7 @@ __all__ = [
     "RetryDetails",
     "RunResult",
     "SQLiteStore",
+    "StepResult",
     "StoreError",
     "ThreadStore",
     "api_error_type",
