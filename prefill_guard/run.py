@@ -19,7 +19,7 @@ import copy
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from anthropic import APIError
@@ -98,13 +98,15 @@ class RunResult:
     hidden reminders, every reply and tool result). ``steps`` has one record per model call.
     ``stop_reason`` is the final reply's (``end_turn``; ``tool_use`` for a tool the caller
     must answer), or ``max_steps`` when the run stopped at the step bound with tool calls
-    answered but no reply after them, or ``aborted`` (on :attr:`Abort.result`).
+    answered but no reply after them, or ``aborted`` (on :attr:`Abort.result`). ``state`` is
+    the dict the run's processors shared, as they left it.
     """
 
     message: Message
     messages: MessageList
     steps: tuple[StepResult, ...]
     stop_reason: str
+    state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -608,13 +610,15 @@ class Run:
     def result(self) -> RunResult:
         """The finished run's result."""
         assert self._stop_reason is not None
-        return RunResult(self._steps[-1].message, self.messages, self.steps, self._stop_reason)
+        return RunResult(
+            self._steps[-1].message, self.messages, self.steps, self._stop_reason, self.state
+        )
 
     def aborted(self, abort: Abort) -> Abort:
         """``abort``, with what the run completed before it on ``abort.result``."""
         if self._steps:
             last = self._steps[-1].message
-            abort.result = RunResult(last, self.messages, self.steps, "aborted")
+            abort.result = RunResult(last, self.messages, self.steps, "aborted", self.state)
         return abort
 
 

@@ -32,7 +32,7 @@ from prefill_guard.testing import (
     tool_use,
 )
 
-from .conftest import Harness
+from .conftest import Harness, treat_like
 
 MODEL = "claude-opus-4-6"
 PREFILL_400 = Fault(
@@ -200,6 +200,7 @@ async def test_processors_see_the_step_the_steps_before_and_a_shared_state(
     agent = harness.agent(tools=[get_weather], error_processors=[sees, PrefillErrorHandler()])
     result = await harness.run(agent, QUESTION)
     assert sees.seen == [(1, 1, {"before_send": [0, 1]})]
+    assert result.state == {"before_send": [0, 1], "errors": 1}
     assert [step.number for step in result.steps] == [0, 1]
     assert [a.retry for a in result.steps[1].attempts] == ["processor", None]
 
@@ -421,3 +422,26 @@ async def _run_thread(harness: Harness, agent: Agent, text: str | None) -> Any:
     async with agent.astream(text, thread_id="t") as astream:
         await astream.get_final_message()
         return astream.result
+
+
+@pytest.mark.parametrize(("model", "requests"), [(MODEL, 1), ("acme-opus", 2)])
+async def test_a_handed_off_conversation_costs_one_request_on_a_known_model_two_otherwise(
+    harness: Harness, model: str, requests: int
+) -> None:
+    """A second Agent (other instructions, other tools) given a conversation that ends with
+    the first Agent's reply: the reminder goes out before sending when the model is known
+    to reject prefill, after the first rejection when it cannot be known."""
+    treat_like(harness.emulator, {"acme-opus": MODEL})
+    triage = harness.agent(model, instructions="You triage.")
+    first = await harness.run(triage, "I'm off to Oslo, what should I pack?")
+    forecaster = harness.agent(model, instructions="You forecast.", tools=[get_weather])
+    second = await harness.run(forecaster, first.messages)
+    handed = harness.emulator.message_requests[1:]
+    assert len(handed) == requests
+    assert handed[-1].body["system"] == "You forecast."
+    assert handed[-1].body["tools"][0]["name"] == "get_weather"
+    assert (
+        handed[-1].body["messages"][-1]["content"] == "<system-reminder>continue</system-reminder>"
+    )
+    assert second.stop_reason == "end_turn"
+    assert [m["role"] for m in second.messages] == ["user", "assistant", "user", "assistant"]
