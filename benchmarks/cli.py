@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from . import long_conversations, overhead, round_trips, scale, streaming
+from . import long_conversations, overhead, round_trips, scale, streaming, tool_loop
 from .common import Config, Section, child_environment, machine, write_json
 
 __all__ = ["BENCHMARKS", "main", "markdown"]
@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, Callable[[Config], Section]] = {
     "round-trips": round_trips.run,
     "scale": scale.run,
     "long": long_conversations.run,
+    "tool-loop": tool_loop.run,
 }
 
 

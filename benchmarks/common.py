@@ -258,10 +258,14 @@ class EmulatorProcess:
 
     In a process of its own, the emulator's work does not share this process's interpreter
     lock: this process's CPU time is the client's alone, and on two or more cores the server
-    answers in parallel with the client's work instead of taking turns with it.
+    answers in parallel with the client's work instead of taking turns with it. With
+    ``tool_calls``, a request that offers tools is answered as a tool loop of that many calls
+    (``benchmarks.server``).
     """
 
-    def __init__(self, *, reply_words: int = 8, retry_after_ms: int = 10) -> None:
+    def __init__(
+        self, *, reply_words: int = 8, retry_after_ms: int = 10, tool_calls: int = 0
+    ) -> None:
         command = [
             sys.executable,
             "-m",
@@ -270,6 +274,8 @@ class EmulatorProcess:
             str(reply_words),
             "--retry-after-ms",
             str(retry_after_ms),
+            "--tool-calls",
+            str(tool_calls),
         ]
         self._process = subprocess.Popen(
             command,

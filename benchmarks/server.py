@@ -10,6 +10,9 @@ Prints ``listening <base_url>``, then answers commands read line by line on stdi
   and ``retry-after-ms``, whatever other requests are in flight. This is the emulator's own
   ``script(Fault(...), when=...)``.
 
+With ``--tool-calls N``, a request that offers tools is answered as a tool loop: a call to its
+first tool while the conversation holds fewer than N tool results, the text reply after that.
+
 It stops at the end of its input, so it never outlives the benchmark that started it.
 """
 
@@ -18,18 +21,52 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 from prefill_guard.models import rejects_prefill
-from prefill_guard.testing import AnthropicEmulator, Fault, RecordedRequest, RequestPredicate
+from prefill_guard.testing import (
+    AnthropicEmulator,
+    Fault,
+    RecordedRequest,
+    Reply,
+    RequestPredicate,
+    tool_use,
+)
 
 from .common import CONVERSATION_HEADER, UNKNOWN_MODEL
 
-__all__ = ["main", "reply_text"]
+__all__ = ["TOOL_CALLS", "main", "reply_text", "tool_loop_reply"]
+
+TOOL_CALLS = 4
+"""Tool calls per tool loop: with the reply after the last one, 5 model calls."""
 
 
 def reply_text(words: int) -> str:
     """A reply of ``words`` words (the emulator streams one text delta per word)."""
     return " ".join(f"word{index}" for index in range(words)) + "."
+
+
+def tool_loop_reply(text: str, tool_calls: int) -> Callable[[dict[str, Any]], Reply]:
+    """The reply for a request body: ``text``, or a call to the request's first tool while the
+    conversation has fewer than ``tool_calls`` tool results (the call's id and input say which
+    call of the loop it is)."""
+
+    def reply(body: dict[str, Any]) -> Reply:
+        tools = body.get("tools") or []
+        answered = sum(
+            1
+            for message in body["messages"]
+            if message["role"] == "user" and isinstance(message["content"], list)
+            for block in message["content"]
+            if block.get("type") == "tool_result"
+        )
+        if not tools or answered >= tool_calls:
+            return text
+        call = tool_use(tools[0]["name"], {"n": answered}, id=f"toolu_{answered:02d}")
+        return [{"type": "text", "text": f"Looking up {answered}."}, call]
+
+    return reply
 
 
 def _in_conversation(conversation: str) -> RequestPredicate:
@@ -60,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.server")
     parser.add_argument("--reply-words", type=int, default=8)
     parser.add_argument("--retry-after-ms", type=int, default=10)
+    parser.add_argument("--tool-calls", type=int, default=0)
     args = parser.parse_args(argv)
+    text = reply_text(args.reply_words)
     emulator = AnthropicEmulator(
-        reply=reply_text(args.reply_words),
+        reply=tool_loop_reply(text, args.tool_calls) if args.tool_calls else text,
         rules={"prefill": lambda model: rejects_prefill(model) or model == UNKNOWN_MODEL},
     ).start()
     print(f"listening {emulator.base_url}", flush=True)
