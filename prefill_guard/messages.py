@@ -97,30 +97,29 @@ def _children(value: Any) -> Iterable[Any] | None:
     return None
 
 
-def _check_nesting(value: Any, where: str) -> None:
+def _check_nesting(
+    value: Any, where: str, depth: int = 1, ancestors: set[int] | None = None
+) -> None:
     """Refuse a value that holds a reference cycle or nests deeper than :data:`MAX_NESTING`.
 
     Neither can be sent (JSON encoding recurses, and a cycle never ends), and copying either
-    would raise a bare ``RecursionError``. Walked without recursion; shared values are fine.
+    would raise a bare ``RecursionError``. The walk stops at the bound, so it recurses at most
+    :data:`MAX_NESTING` levels; values shared between branches are fine.
     """
-    ancestors: set[int] = set()
-    pending: list[tuple[Any, int] | int] = [(value, 1)]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, int):  # every value below this container has been walked
-            ancestors.discard(item)
-            continue
-        node, depth = item
-        children = _children(node)
-        if children is None:
-            continue
-        if id(node) in ancestors:
-            raise ValueError(f"{where}: holds a reference cycle, which no request can carry")
-        if depth > MAX_NESTING:
-            raise ValueError(f"{where}: nested more than {MAX_NESTING} levels deep")
-        ancestors.add(id(node))
-        pending.append(id(node))
-        pending.extend((child, depth + 1) for child in children if not isinstance(child, _SCALARS))
+    children = _children(value)
+    if children is None:
+        return
+    if ancestors is None:
+        ancestors = set()
+    if id(value) in ancestors:
+        raise ValueError(f"{where}: holds a reference cycle, which no request can carry")
+    if depth > MAX_NESTING:
+        raise ValueError(f"{where}: nested more than {MAX_NESTING} levels deep")
+    ancestors.add(id(value))
+    for child in children:
+        if not isinstance(child, _SCALARS):
+            _check_nesting(child, where, depth + 1, ancestors)
+    ancestors.discard(id(value))
 
 
 def _block_to_dict(block: Any, where: str) -> dict[str, Any]:
