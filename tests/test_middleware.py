@@ -456,9 +456,11 @@ def test_a_raw_response_comes_back_as_the_sdk_gives_it(
 
     body = {"model": MODEL, "max_tokens": 16, "messages": messages}
     for client in _raw_clients(anthropic_emulator, async_=False):
-        with client:
+        chains = (guard(client, REACTIVE), client.with_middleware(_DoNothing()))
+        # all closed: on anthropic 1.x, Bedrock's copy() makes a connection pool of its own
+        with client, chains[0], chains[1]:
             outcomes = []
-            for chained in (guard(client, REACTIVE), client.with_middleware(_DoNothing())):
+            for chained in chains:
                 response = chained.post("/v1/messages", cast_to=httpx2.Response, body=body)
                 assert isinstance(response, httpx2.Response)
                 outcomes.append(response.status_code)
@@ -473,8 +475,8 @@ async def test_an_async_raw_response_comes_back_as_the_sdk_gives_it(
 
     body = {"model": MODEL, "max_tokens": 16, "messages": ENDS_WITH_ASSISTANT}
     for client in _raw_clients(anthropic_emulator, async_=True):
-        async with client:
-            guarded = guard(client, REACTIVE)
+        # closed as well: on anthropic 1.x, Bedrock's copy() makes a connection pool of its own
+        async with client, guard(client, REACTIVE) as guarded:
             response = await guarded.post("/v1/messages", cast_to=httpx2.Response, body=body)
             assert isinstance(response, httpx2.Response)
             assert response.status_code == 400
