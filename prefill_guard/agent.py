@@ -334,13 +334,14 @@ def _async_sender(client: AsyncClient) -> Callable[[dict[str, Any]], Awaitable[M
 
 
 class _ThreadRun:
-    """One run on a stored thread: input saved first, the outcome saved only on success.
+    """One run on a stored thread: input saved first, then each completed step.
 
-    What the run loaded is kept as it was (a deep copy), so that saving can tell what the run
-    changed however a processor changed it: the messages after the loaded ones are new and
-    are appended; if a processor repaired, replaced or removed a loaded message, the loaded
-    messages are rewritten as the successful request sent them (:meth:`ThreadStore.rewrite`),
-    so nothing is stored twice and the next turn sends the repaired history.
+    What the thread holds for the run (what it loaded, then what each step saved) is kept as
+    it was (a deep copy), so that saving can tell what the run changed however a processor
+    changed it: the messages after those are new and are appended; if a processor repaired,
+    replaced or removed a stored message, the stored messages are rewritten as the successful
+    request sent them (:meth:`ThreadStore.rewrite`), so nothing is stored twice and the next
+    turn sends the repaired history.
     """
 
     def __init__(
@@ -362,7 +363,8 @@ class _ThreadRun:
         self._loaded = list(self.history.copy())
 
     def save(self) -> None:
-        """Store what the run sent and received, each message once, in order."""
+        """Store what the run sent and received since the last save, each message once, in
+        order (called after each completed step)."""
         outcome = list(self.history)
         loaded = self._loaded
         if outcome[: len(loaded)] == loaded:  # nothing stored was changed: append the rest
@@ -372,6 +374,7 @@ class _ThreadRun:
                 f"thread {self._thread_id!r} changed while this run repaired messages it had "
                 "loaded (another run rewrote or deleted them); the run's reply was not stored"
             )
+        self._loaded = list(self.history.copy())  # the next step's save starts from here
 
 
 def _check_params(params: dict[str, Any], where: str, options: Iterable[str] = ()) -> None:
@@ -383,7 +386,7 @@ def _check_params(params: dict[str, Any], where: str, options: Iterable[str] = (
         if key not in _REQUEST_FIELDS:
             known = sorted({*_REQUEST_FIELDS, *options})
             close = difflib.get_close_matches(key, known, n=3)
-            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else "."
             raise TypeError(
                 f"{where}: unknown keyword argument {key!r}{hint} An API field the installed "
                 "anthropic SDK does not know goes in extra_body={...}"

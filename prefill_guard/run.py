@@ -383,13 +383,15 @@ class Step:
 
     def _prepare(self, entry: _Entry) -> None:
         assert entry.before_send is not None
-        length, params = len(self.messages), dict(self.params)
+        messages, params = list(self.messages), dict(self.params)
         context = {name: self._context[name] for name in entry.before_send_takes}
         context["params"] = self.params  # every before_send gets them
         try:
             entry.before_send(messages=self.messages, **context)
         except BaseException as error:
-            del self.messages[length:]
+            # the messages as they were, the same objects: what the hook appended, inserted,
+            # replaced or removed is undone (an edit inside a message dict is not)
+            self.messages.restore(Snapshot(messages, messages))
             self.params.clear()
             self.params.update(params)
             if not isinstance(error, Exception) or isinstance(error, Abort):
@@ -568,6 +570,8 @@ class Run:
         self._max_steps = max_steps
         self._steps: list[StepResult] = []
         self._stop_reason: str | None = None
+        self._answered = len(messages)
+        """Where the conversation ends after the last completed step (at first, the input)."""
 
     @property
     def steps(self) -> tuple[StepResult, ...]:
@@ -601,6 +605,7 @@ class Run:
         answered, whose results go into the conversation as the next user turn."""
         if calls:
             self.messages.append({"role": "user", "content": [call.result for call in calls]})
+        self._answered = len(self.messages)
         self._steps.append(StepResult(step.number, message, tuple(calls), step.attempts))
         if not calls:
             self._stop_reason = message.stop_reason or "end_turn"
@@ -614,8 +619,20 @@ class Run:
             self._steps[-1].message, self.messages, self.steps, self._stop_reason, self.state
         )
 
+    def unanswered(self) -> None:
+        """Take out a reply whose tool calls were not all answered (a tool's Abort, an
+        interrupt, a cancellation, a stream left before its tools ran), with the reminders of
+        its step: the conversation ends with the last completed step, as a thread does, and
+        can be sent again. Nothing to do when the run finished or no such reply is there."""
+        messages = self.messages
+        pending = len(messages) > self._answered and messages[-1].get("role") == "assistant"
+        if pending and not self.finished:
+            del messages[self._answered :]
+
     def aborted(self, abort: Abort) -> Abort:
-        """``abort``, with what the run completed before it on ``abort.result``."""
+        """``abort``, with what the run completed before it on ``abort.result`` (a reply
+        whose tools did not all run is taken out first: :meth:`unanswered`)."""
+        self.unanswered()
         if self._steps:
             last = self._steps[-1].message
             abort.result = RunResult(last, self.messages, self.steps, "aborted", self.state)
@@ -638,6 +655,9 @@ def run_steps(run: Run, send: Callable[[dict[str, Any]], Message]) -> RunResult:
                 return run.result()
     except Abort as abort:
         raise run.aborted(abort) from None
+    except BaseException:
+        run.unanswered()
+        raise
 
 
 async def arun_steps(run: Run, send: Callable[[dict[str, Any]], Awaitable[Message]]) -> RunResult:
@@ -655,6 +675,9 @@ async def arun_steps(run: Run, send: Callable[[dict[str, Any]], Awaitable[Messag
                 return run.result()
     except Abort as abort:
         raise run.aborted(abort) from None
+    except BaseException:
+        run.unanswered()
+        raise
 
 
 async def all_calls(calls: list[Awaitable[ToolCall]]) -> list[ToolCall]:

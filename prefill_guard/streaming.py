@@ -324,6 +324,7 @@ class AgentStream:
         traceback: TracebackType | None,
     ) -> None:
         self._state.closed = True
+        self._state.run.unanswered()  # left before a reply's tools ran: the reply goes
         if self._manager is not None:
             self._manager.__exit__(exc_type, exc, traceback)
 
@@ -441,6 +442,7 @@ class AsyncAgentStream:
         traceback: TracebackType | None,
     ) -> None:
         self._state.closed = True
+        self._state.run.unanswered()  # left before a reply's tools ran: the reply goes
         if self._manager is not None:
             await self._manager.__aexit__(exc_type, exc, traceback)
 

@@ -15,6 +15,7 @@ import asyncio
 import inspect
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,14 +54,35 @@ def _as_function_tool(tool: object, where: str) -> FunctionTool | None:
         return tool
     if isinstance(tool, Mapping):
         return None
-    if inspect.iscoroutinefunction(tool):
-        return anthropic.beta_async_tool(tool)
     if callable(tool) and not isinstance(tool, type):
-        return anthropic.beta_tool(tool)
+        try:
+            if inspect.iscoroutinefunction(tool):
+                return anthropic.beta_async_tool(tool)
+            return anthropic.beta_tool(tool)
+        except Exception as error:
+            raise TypeError(
+                f"{where}: the SDK cannot make a tool of {tool!r} ({type(error).__name__}: "
+                f"{error}); pass a plain function, or one decorated with anthropic.beta_tool"
+            ) from error
     raise TypeError(
         f"{where}: expected a function, a tool made with anthropic.beta_tool / "
         f"beta_async_tool, or a tool definition dict, got {type(tool).__name__}"
     )
+
+
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+
+
+def _check_custom(definition: Mapping[str, Any], name: str, where: str) -> None:
+    """Refuse a client tool the API would refuse at the first request: a name outside
+    ``^[a-zA-Z0-9_-]{1,128}$`` (a lambda's ``<lambda>``), or no ``input_schema`` object."""
+    if not _TOOL_NAME.fullmatch(name):
+        raise ValueError(
+            f"{where}: tool name {name!r} is not one the API takes (letters, digits, '_' and "
+            "'-', at most 128); give the function another name or pass beta_tool(name=...)"
+        )
+    if not isinstance(definition.get("input_schema"), Mapping):
+        raise ValueError(f"{where}: tool {name!r} needs an 'input_schema' (a JSON Schema object)")
 
 
 def _well_formed(text: str) -> str:
@@ -126,6 +148,8 @@ class Toolbox:
             name = definition.get("name")
             if not isinstance(name, str) or not name:
                 raise ValueError(f"{where}: a tool needs a non-empty str 'name'")
+            if definition.get("type", "custom") == "custom":
+                _check_custom(definition, name, where)
             if any(d.get("name") == name for d in self._definitions):
                 raise ValueError(f"{where}: a second tool named {name!r}")
             if function is not None:

@@ -8,6 +8,7 @@ applies (the ``harness`` fixture).
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from anthropic.lib.tools import ToolError
 from prefill_guard import (
     Abort,
     Agent,
+    MemoryStore,
     MessageList,
     PrefillErrorHandler,
     ProcessAPIErrorResult,
@@ -234,17 +236,76 @@ async def test_a_processor_aborts_the_run_with_what_it_completed(harness: Harnes
     assert [m["role"] for m in conversation] == ["user", "assistant", "user"]
 
 
+def refuse(city: str) -> str:
+    """Refuses."""
+    raise Abort(f"{city} is off limits")
+
+
 async def test_a_tool_aborts_the_run(harness: Harness) -> None:
-    """A tool that raises Abort ends the run: no result for it, the caller gets the Abort."""
-
-    def refuse(city: str) -> str:
-        """Refuses."""
-        raise Abort(f"{city} is off limits")
-
+    """A tool that raises Abort ends the run: the caller gets the Abort, nothing more is sent."""
     harness.emulator.reply_with([tool_use("refuse", {"city": "Oslo"}, id="toolu_r")])
-    with pytest.raises(Abort, match="Oslo is off limits"):
-        await harness.run(harness.agent(tools=[refuse]), QUESTION)
+    conversation = MessageList(QUESTION)
+    with pytest.raises(Abort, match="Oslo is off limits") as info:
+        await harness.run(harness.agent(tools=[refuse]), conversation)
     assert len(harness.emulator.message_requests) == 1
+    assert info.value.result is None  # no step completed
+    assert conversation.to_api() == QUESTION
+
+
+async def test_a_tool_abort_leaves_the_conversation_at_the_last_completed_step(
+    harness: Harness,
+) -> None:
+    """The reply whose tool aborted leaves the conversation (no tool_use without its result):
+    it ends with step 0, as .result says, and can be sent again with no processor at all."""
+    harness.emulator.reply_with(
+        [_weather_call()], [tool_use("refuse", {"city": "Bergen"}, id="toolu_r")]
+    )
+    conversation = MessageList(QUESTION)
+    agent = harness.agent(tools=[get_weather, refuse], error_processors=[])
+    with pytest.raises(Abort, match="Bergen is off limits") as info:
+        await harness.run(agent, conversation)
+    result = info.value.result
+    assert result is not None
+    assert len(result.steps) == 1
+    assert result.messages.to_api() == conversation.to_api()
+    assert [m["role"] for m in conversation] == ["user", "assistant", "user"]
+    again = await harness.run(agent, conversation)
+    assert again.text == DEFAULT_REPLY_TEXT
+
+
+class RaisesAfterReplacing:
+    """A before_send hook that replaces the question, then raises (``Abort`` or a bug)."""
+
+    id = "raises-after-replacing"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def before_send(self, *, messages: MessageList, params: Any) -> None:
+        messages[0] = {"role": "user", "content": "replaced"}
+        messages.append({"role": "user", "content": "appended"})
+        raise self.error
+
+    def process_api_error(self, **kwargs: Any) -> None:
+        return None
+
+
+@pytest.mark.parametrize("error", [Abort("stop"), RuntimeError("a bug")], ids=["abort", "bug"])
+async def test_a_before_send_hook_that_raises_leaves_the_messages_as_they_were(
+    harness: Harness, error: Exception
+) -> None:
+    """What the hook replaced and appended is undone: an Abort reaches the caller with the
+    conversation as it was; a hook that fails otherwise is skipped and the original is sent."""
+    conversation = MessageList(QUESTION)
+    agent = harness.agent(error_processors=[RaisesAfterReplacing(error)])
+    if isinstance(error, Abort):
+        with pytest.raises(Abort):
+            await harness.run(agent, conversation)
+        assert harness.emulator.message_requests == []
+    else:
+        await harness.run(agent, conversation)
+        assert harness.emulator.message_requests[0].body["messages"] == QUESTION
+    assert conversation.to_api()[: len(QUESTION)] == QUESTION
 
 
 async def test_a_parameter_repair_holds_for_the_rest_of_the_run(harness: Harness) -> None:
@@ -274,9 +335,31 @@ async def test_the_recommended_processors_are_on_by_default(harness: Harness) ->
 async def test_sampling_parameters_reach_the_wire_whatever_the_sdk(harness: Harness) -> None:
     """temperature, top_p and top_k go in the request body (the SDK takes them only in
     extra_body since 1.0), from the Agent's defaults and from a call alike."""
-    agent = harness.agent("claude-haiku-4-5", temperature=0.3)
+    agent = harness.agent("claude-haiku-4-5", temperature=0.3, top_k=5)
     await harness.run(agent, QUESTION)
-    assert harness.emulator.message_requests[-1].body["temperature"] == 0.3
+    body = harness.emulator.message_requests[-1].body
+    assert (body["temperature"], body["top_k"]) == (0.3, 5)
+    await _run_with(harness, agent, QUESTION, temperature=0.7, top_k=40)
+    body = harness.emulator.message_requests[-1].body
+    assert (body["temperature"], body["top_k"]) == (0.7, 40)
+    await _run_with(harness, harness.agent("claude-haiku-4-5"), QUESTION, top_p=0.9)
+    assert harness.emulator.message_requests[-1].body["top_p"] == 0.9
+    assert len(harness.emulator.message_requests) == 3
+
+
+async def _run_with(harness: Harness, agent: Agent, messages: Any, **params: Any) -> Any:
+    """One run with per-call parameters, through the harness's driver."""
+    if harness.driver == "generate":
+        return agent.generate(messages, **params)
+    if harness.driver == "agenerate":
+        return await agent.agenerate(messages, **params)
+    if harness.driver == "stream":
+        with agent.stream(messages, **params) as stream:
+            stream.get_final_message()
+            return stream.result
+    async with agent.astream(messages, **params) as astream:
+        await astream.get_final_message()
+        return astream.result
 
 
 def test_an_unknown_keyword_is_refused_with_the_close_matches() -> None:
@@ -290,11 +373,12 @@ def test_an_unknown_keyword_is_refused_with_the_close_matches() -> None:
         Agent(MODEL).generate("hi", temp=0.5)
 
 
+@pytest.mark.parametrize("driver", ["agenerate", "astream"])
 async def test_the_tool_calls_of_one_reply_run_at_the_same_time(
-    anthropic_emulator: AnthropicEmulator,
+    anthropic_emulator: AnthropicEmulator, driver: str
 ) -> None:
-    """In agenerate, two async tools that each wait for the other finish: they ran
-    concurrently (one after the other, they would wait for ever)."""
+    """In agenerate and astream, two async tools that each wait for the other finish: they
+    ran concurrently (one after the other, they would wait for ever)."""
     first, second = asyncio.Event(), asyncio.Event()
 
     async def left() -> str:
@@ -310,9 +394,35 @@ async def test_the_tool_calls_of_one_reply_run_at_the_same_time(
         return "right"
 
     anthropic_emulator.reply_with([tool_use("left", {}), tool_use("right", {})])
-    async with anthropic_emulator.async_client() as client:
-        result = await Agent(MODEL, client=client, tools=[left, right]).agenerate(QUESTION)
+    harness = Harness(anthropic_emulator, driver)
+    result = await harness.run(harness.agent(tools=[left, right]), QUESTION)
+    await harness.close()
     assert [call.result["content"] for call in result.tool_calls] == ["left", "right"]
+
+
+@pytest.mark.parametrize(
+    ("tool", "problem"),
+    [
+        (functools.partial(get_weather, "Oslo"), r"tools\[0\]: the SDK cannot make a tool of"),
+        (lambda city: city, r"tools\[0\]: tool name '<lambda>' is not one the API takes"),
+        ({"name": "lookup"}, r"tools\[0\]: tool 'lookup' needs an 'input_schema'"),
+        ({"name": "a b", "input_schema": {"type": "object"}}, r"tool name 'a b' is not one"),
+    ],
+    ids=["partial", "lambda", "no-schema", "bad-name"],
+)
+def test_a_tool_the_api_would_refuse_is_refused_by_the_agent(tool: Any, problem: str) -> None:
+    """A tool the SDK cannot describe, or a client tool the API would refuse, is a clear
+    error naming tools[i] when the Agent is made, not a raw error or a 400 later."""
+    with pytest.raises((TypeError, ValueError), match=problem):
+        Agent(MODEL, tools=[tool])
+
+
+def test_a_server_tool_needs_no_input_schema(anthropic_emulator: AnthropicEmulator) -> None:
+    """A server tool (its own ``type``) is the API's to define: sent as it is."""
+    server_tool = {"type": "web_search_20250305", "name": "web_search"}
+    with anthropic_emulator.client() as client:
+        Agent(MODEL, client=client, tools=[server_tool]).generate(QUESTION)
+    assert anthropic_emulator.message_requests[0].body["tools"] == [server_tool]
 
 
 def test_a_synchronous_run_refuses_an_async_tool_before_any_request(
@@ -338,9 +448,74 @@ def test_a_keyboard_interrupt_in_a_tool_is_not_swallowed(
         """Interrupted."""
         raise KeyboardInterrupt
 
-    anthropic_emulator.reply_with([tool_use("interrupted", {})])
-    with anthropic_emulator.client() as client, pytest.raises(KeyboardInterrupt):
-        Agent(MODEL, client=client, tools=[interrupted]).generate(QUESTION)
+    def streamed(agent: Agent, conversation: MessageList) -> None:
+        with agent.stream(conversation) as stream:
+            stream.get_final_message()
+
+    for run in (Agent.generate, streamed):
+        anthropic_emulator.reply_with([tool_use("interrupted", {})])
+        conversation = MessageList(QUESTION)
+        with anthropic_emulator.client() as client:
+            agent = Agent(MODEL, client=client, tools=[interrupted])
+            with pytest.raises(KeyboardInterrupt):
+                run(agent, conversation)
+        assert conversation.to_api() == QUESTION, run
+
+
+@pytest.mark.parametrize("driver", ["stream", "astream"])
+async def test_a_stream_left_before_its_tools_ran_leaves_no_unanswered_reply(
+    anthropic_emulator: AnthropicEmulator, driver: str
+) -> None:
+    """A consumer that stops at the message_stop of a tool step: the tools never ran, so the
+    reply leaves the conversation, which can be sent again as it is."""
+    anthropic_emulator.reply_with([_weather_call()])
+    conversation = MessageList(QUESTION)
+    harness = Harness(anthropic_emulator, driver)
+    agent = harness.agent(tools=[get_weather], error_processors=[])
+    if driver == "stream":
+        with agent.stream(conversation) as stream:
+            for event in stream:
+                if event.type == "message_stop":
+                    break
+    else:
+        async with agent.astream(conversation) as astream:
+            async for event in astream:
+                if event.type == "message_stop":
+                    break
+    assert conversation.to_api() == QUESTION
+    assert (await harness.run(agent, conversation)).text == DEFAULT_REPLY_TEXT
+    await harness.close()
+
+
+async def test_a_cancelled_run_cancels_its_tools_and_leaves_no_unanswered_reply(
+    anthropic_emulator: AnthropicEmulator,
+) -> None:
+    """agenerate cancelled while its tools run: the tools are cancelled, the cancellation
+    goes on, and the reply whose tools did not finish leaves the conversation."""
+    started, cancelled = asyncio.Event(), []
+
+    async def slow() -> str:
+        """Slow."""
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append("slow")
+            raise
+        return "done"
+
+    anthropic_emulator.reply_with([tool_use("slow", {}), tool_use("slow", {})])
+    conversation = MessageList(QUESTION)
+    async with anthropic_emulator.async_client() as client:
+        run = asyncio.ensure_future(
+            Agent(MODEL, client=client, tools=[slow]).agenerate(conversation)
+        )
+        await asyncio.wait_for(started.wait(), 5)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+    assert cancelled == ["slow", "slow"]
+    assert conversation.to_api() == QUESTION
 
 
 async def test_a_stream_yields_text_tool_calls_results_and_finished_steps(
@@ -408,6 +583,75 @@ async def test_a_thread_keeps_each_completed_step_and_resumes_without_rerunning_
     await harness.close()
     assert calls == ["Oslo"]
     assert result.text == DEFAULT_REPLY_TEXT
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+async def test_a_thread_stores_each_message_of_a_multi_step_run_once(
+    harness: Harness, tmp_path: Path, store_kind: str
+) -> None:
+    """Two tool steps and the answer: each step's reply and tool results are saved once when
+    the step completes (not again with the next step's), so the next turn sends the thread
+    as the run left it, each tool_use id once."""
+    harness.emulator.reply_with([_weather_call(id="toolu_a")], [_weather_call("Bergen", "toolu_b")])
+    store = MemoryStore() if store_kind == "memory" else SQLiteStore(tmp_path / "t.db")
+    with store:
+        agent = harness.agent(tools=[get_weather], store=store)
+        result = await _run_thread(harness, agent, "weather?")
+        assert len(result.steps) == 3
+        assert [m["role"] for m in store.load("t")] == [
+            "user",
+            *["assistant", "user"] * 2,
+            "assistant",
+        ]
+        assert store.load("t").to_api() == result.messages.to_api()
+        await _run_thread(harness, agent, "thanks")
+    await harness.close()
+    sent = harness.emulator.message_requests[-1].body["messages"]
+    ids = [
+        b["id"]
+        for m in sent
+        if isinstance(m["content"], list)
+        for b in m["content"]
+        if b["type"] == "tool_use"
+    ]
+    assert ids == ["toolu_a", "toolu_b"]
+    assert len(sent) == 7
+
+
+class PolitenessRepair:
+    """Repairs a stored message after a 400: the question is asked again, politely."""
+
+    id = "politeness-repair"
+
+    def process_api_error(
+        self, *, error: Any, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        if isinstance(error, anthropic.BadRequestError) and retry_count == 0:
+            messages[0] = {"role": "user", "content": "What is the weather in Oslo, please?"}
+            return ProcessAPIErrorResult(retry=True)
+        return None
+
+
+async def test_a_repair_of_a_stored_message_in_a_later_step_rewrites_the_thread_once(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Step 0 is saved; a 400 in step 1 makes a processor repair the stored question: the
+    thread holds the repaired question and every step once, as the last request sent them,
+    plus the reply."""
+    harness.emulator.reply_with([_weather_call()])
+    harness.emulator.script(Fault(400), when=lambda r: len(r.body["messages"]) == 3)
+    with SQLiteStore(tmp_path / "t.db") as store:
+        agent = harness.agent(
+            tools=[get_weather], store=store, error_processors=[PolitenessRepair()]
+        )
+        result = await _run_thread(harness, agent, "What is the weather in Oslo?")
+        stored = store.load("t").to_api()
+    await harness.close()
+    assert len(harness.emulator.message_requests) == 3
+    assert stored == result.messages.to_api()
+    assert [m["role"] for m in stored] == ["user", "assistant", "user", "assistant"]
+    assert stored[0]["content"] == "What is the weather in Oslo, please?"
+    assert harness.emulator.message_requests[-1].body["messages"] == stored[:3]
 
 
 async def _run_thread(harness: Harness, agent: Agent, text: str | None) -> Any:
