@@ -48,3 +48,11 @@ def test_usage_example_runs_a_tool_then_answers_a_prefill_in_one_request(
     lines = capsys.readouterr().out.splitlines()
     assert lines[:3] == ["['get_weather']", DEFAULT_REPLY_TEXT, DEFAULT_REPLY_TEXT]
     assert [ast.literal_eval(line) for line in lines[3:]] == [ui, api]
+
+
+def test_the_first_python_example_is_the_usage_example_that_runs_a_tool() -> None:
+    """A reader meets the Agent running a tool first: no other Python block comes before it."""
+    text = README.read_text(encoding="utf-8")
+    first = text.index("```python")
+    assert text[:first].endswith("<!-- readme-example: usage -->\n")
+    assert "tools=[" in EXAMPLES["usage"]
