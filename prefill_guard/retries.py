@@ -203,7 +203,8 @@ class RetryPolicy:
         return min(delay, self.max_retry_delay)
 
     def report(self, details: RetryDetails) -> None:
-        """Log the retry at INFO (no message contents, no key) and call every hook."""
+        """Log the retry at INFO (no message contents, no key; the fields in ``extra``, for
+        structured logging) and call every hook."""
         logger.info(
             "retrying (%s%s) after %s%s, request id %s, attempt %d failed; waiting %.2fs",
             details.kind,
@@ -213,6 +214,16 @@ class RetryPolicy:
             details.request_id,
             details.attempt,
             details.wait,
+            extra={
+                "prefill_guard.event": "prefill_guard.retry",
+                "prefill_guard.retry.kind": details.kind,
+                "prefill_guard.processor.id": details.processor_id,
+                "prefill_guard.attempt": details.attempt,
+                "prefill_guard.retry.wait": details.wait,
+                "prefill_guard.request_id": details.request_id,
+                "error.type": type(details.error).__name__,
+                "http.response.status_code": getattr(details.error, "status_code", None),
+            },
         )
         for hook in self.on_retry:
             try:

@@ -388,6 +388,7 @@ class Step:
         context["params"] = self.params  # every before_send gets them
         try:
             entry.before_send(messages=self.messages, **context)
+            _log_repair(entry.id, len(self.messages) - len(messages), params, self.params)
         except BaseException as error:
             # the messages as they were, the same objects: what the hook appended, inserted,
             # replaced or removed is undone (an edit inside a message dict is not)
@@ -637,6 +638,26 @@ class Run:
             last = self._steps[-1].message
             abort.result = RunResult(last, self.messages, self.steps, "aborted", self.state)
         return abort
+
+
+def _log_repair(owner: str, added: int, before: RequestParams, after: RequestParams) -> None:
+    """Log what a ``before_send`` hook changed (how many messages it added, which parameters
+    it set or removed; never their contents) at INFO, the fields in ``extra``."""
+    if not added and after == before:
+        return
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    logger.info(
+        "processor %r changed the request before sending: %d message(s) added, parameters %s",
+        owner,
+        added,
+        changed or "unchanged",
+        extra={
+            "prefill_guard.event": "prefill_guard.repair",
+            "prefill_guard.processor.id": owner,
+            "prefill_guard.repair.messages_added": added,
+            "prefill_guard.repair.params": changed,
+        },
+    )
 
 
 def run_steps(run: Run, send: Callable[[dict[str, Any]], Message]) -> RunResult:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import email.utils
 import logging
 import time
+from typing import Any
 
 import anthropic
 import httpx2
 import pytest
 
-from prefill_guard import RetryDetails
+from prefill_guard import PrefillErrorHandler, RetryDetails, guard
 from prefill_guard.retries import RetryPolicy, is_transient, retry_after
-from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
+from prefill_guard.testing import PREFILL_MESSAGE, AnthropicEmulator, Fault, make_api_error
+
+from .conftest import Harness
 
 REQUEST = httpx2.Request("POST", "https://api.anthropic.com/v1/messages")
 
@@ -179,3 +182,71 @@ def test_async_on_retry_hooks_are_refused() -> None:
 
     with pytest.raises(TypeError, match=r"on_retry\[0\]: .* is async"):
         RetryPolicy(on_retry=[hook])  # type: ignore[list-item]
+
+
+# -- the log record of a retry, for structured logging ----------------------------------------
+
+SECRET = "the caller's private question"
+PREFILL = [{"role": "user", "content": SECRET}, {"role": "assistant", "content": "Hm"}]
+
+
+def _retry_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if getattr(r, "prefill_guard.event", None) == "prefill_guard.retry"
+    ]
+
+
+def _fields(record: logging.LogRecord, *names: str) -> tuple[Any, ...]:
+    return tuple(getattr(record, name) for name in names)
+
+
+async def test_every_retry_is_one_log_record_with_its_fields_in_extra(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 529 then a prefill 400 then success: two INFO records on the prefill_guard logger,
+    their fields as record attributes (what structlog and JSON formatters turn into keys), and
+    no message text in any record."""
+    caplog.set_level(logging.INFO, logger="prefill_guard")
+    harness.emulator.script(Fault(529, headers={"retry-after-ms": "5"}))
+    agent = harness.agent("claude-opus-4-6", error_processors=[PrefillErrorHandler()])
+    await harness.run(
+        agent, [{"role": "user", "content": SECRET}, {"role": "assistant", "content": "Hm"}]
+    )
+    records = _retry_records(caplog)
+    names = (
+        "prefill_guard.retry.kind",
+        "prefill_guard.processor.id",
+        "prefill_guard.attempt",
+        "error.type",
+        "http.response.status_code",
+    )
+    assert [_fields(r, *names) for r in records] == [
+        ("transient", None, 1, "OverloadedError", 529),
+        ("processor", "prefill-error-handler", 2, "BadRequestError", 400),
+    ]
+    assert [getattr(r, "prefill_guard.retry.wait") for r in records] == [0.005, 0.0]
+    assert all(getattr(r, "prefill_guard.request_id") for r in records)
+    assert all(r.levelno == logging.INFO and r.name == "prefill_guard" for r in records)
+    assert SECRET not in repr([vars(r) for r in caplog.records])
+    await harness.close()
+
+
+def test_a_guarded_client_logs_its_repair_retry_the_same_way(
+    anthropic_emulator: AnthropicEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the middleware, the processor's retry is the same record."""
+    caplog.set_level(logging.INFO, logger="prefill_guard")
+    with guard(anthropic_emulator.client(), [PrefillErrorHandler()]) as client:
+        client.messages.create(
+            model="claude-opus-4-6",
+            max_tokens=16,
+            messages=PREFILL,  # type: ignore[arg-type]
+        )
+    (record,) = _retry_records(caplog)
+    assert _fields(record, "prefill_guard.retry.kind", "prefill_guard.processor.id") == (
+        "processor",
+        "prefill-error-handler",
+    )
+    assert SECRET not in repr([vars(r) for r in caplog.records])

@@ -12,12 +12,12 @@ from typing import Any
 import anthropic
 import pytest
 
-from prefill_guard import MessageList, PrefillErrorHandler, ProcessAPIErrorResult
+from prefill_guard import MessageList, PrefillErrorHandler, ProcessAPIErrorResult, guard
 from prefill_guard.retries import RetryPolicy
 from prefill_guard.run import Pipeline, Run, Step, asend_with_retries, send_with_retries
-from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
+from prefill_guard.testing import PREFILL_MESSAGE, AnthropicEmulator, make_api_error
 
-from .conftest import SwitchModel
+from .conftest import Harness, SwitchModel
 
 RETRY = ProcessAPIErrorResult(retry=True)
 
@@ -544,3 +544,45 @@ async def test_the_async_loop_awaits_async_processors_and_sleeps() -> None:
     assert await asend_with_retries(run, send) == "reply"
     assert waits == [1.0]
     assert [a.retry for a in run.attempts] == ["transient", "processor"]
+
+
+# -- the log record of a change made before sending -----------------------------------------
+
+SECRET = "the caller's private question"
+PREFILL = [{"role": "user", "content": SECRET}, {"role": "assistant", "content": "Hm"}]
+
+
+def _repair_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    event = "prefill_guard.event"
+    return [r for r in caplog.records if getattr(r, event, None) == "prefill_guard.repair"]
+
+
+async def test_a_change_before_sending_is_one_log_record_with_its_fields(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The adaptive handler's reminder, added before the first request to a model known to
+    reject prefill, is one INFO record naming the processor and what it changed (how many
+    messages, which parameters), never the text; a request it leaves alone logs nothing."""
+    caplog.set_level(logging.INFO, logger="prefill_guard")
+    await harness.run(harness.agent("claude-opus-4-6"), PREFILL)
+    (record,) = _repair_records(caplog)
+    assert getattr(record, "prefill_guard.processor.id") == "adaptive-prefill-handler"
+    assert getattr(record, "prefill_guard.repair.messages_added") == 1
+    assert getattr(record, "prefill_guard.repair.params") == []
+    assert SECRET not in repr([vars(r) for r in caplog.records])
+    caplog.clear()
+    await harness.run(harness.agent("claude-opus-4-6"), PREFILL[:1])
+    assert _repair_records(caplog) == []
+    await harness.close()
+
+
+def test_a_guarded_client_logs_its_change_before_sending(
+    anthropic_emulator: AnthropicEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the middleware, the proactive reminder is the same record."""
+    caplog.set_level(logging.INFO, logger="prefill_guard")
+    with guard(anthropic_emulator.client()) as client:
+        client.messages.create(model="claude-opus-4-6", max_tokens=16, messages=PREFILL)  # type: ignore[arg-type]
+    (record,) = _repair_records(caplog)
+    assert getattr(record, "prefill_guard.processor.id") == "adaptive-prefill-handler"
+    assert len(anthropic_emulator.message_requests) == 1
