@@ -25,7 +25,7 @@ from prefill_guard import (
     default_processors,
 )
 from prefill_guard.messages import append_system_reminder, is_system_reminder
-from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator, Fault
+from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator, Fault, tool_use
 
 MODEL = "claude-opus-4-6"
 REPLY = {"role": "assistant", "content": [{"type": "text", "text": DEFAULT_REPLY_TEXT}]}
@@ -472,3 +472,105 @@ def test_a_thread_stores_exactly_what_each_successful_request_sent_plus_the_repl
             stored = store.load("t")
             assert stored.to_api() == _sent_then_reply(thread_emulator)
             assert list(stored) == list(result.messages)
+
+
+def lookup(n: int) -> str:
+    """Look up an entry.
+
+    Args:
+        n: the entry's number
+    """
+    return f"entry {n}"
+
+
+class _RandomAppends:
+    """Appends messages or reminders in the steps it is told to: before sending, or as the
+    repair of a 400 (then asks for a retry). Appends only, so tool calls stay answered."""
+
+    id = "random-appends"
+
+    def __init__(self) -> None:
+        self.edits: list[tuple[str, str]] = []
+        self.at_steps: set[int] = set()
+        self.in_before_send = False
+
+    def _apply(self, messages: MessageList) -> None:
+        for kind, text in self.edits:
+            if kind == "append":
+                messages.append({"role": "user", "content": text})
+            else:
+                append_system_reminder(messages, text, "test-reminder")
+
+    def before_send(self, *, messages: MessageList, params: dict[str, Any], step: int) -> None:
+        if self.in_before_send and step in self.at_steps:
+            self._apply(messages)
+
+    def process_api_error(
+        self, *, error: anthropic.APIError, messages: MessageList, retry_count: int, step: int
+    ) -> ProcessAPIErrorResult | None:
+        if retry_count or self.in_before_send or step not in self.at_steps:
+            return None
+        self._apply(messages)
+        return ProcessAPIErrorResult(retry=True)
+
+
+_STEP_TURN = st.tuples(
+    st.none() | _WORD,  # the new input, or none: reply again
+    st.integers(0, 2),  # tool calls before the answer: the run's steps are this plus one
+    st.sampled_from([None, "error", "before_send"]),  # where the processor appends, if at all
+    st.sets(st.integers(0, 2)),  # in which steps
+    st.lists(st.tuples(st.sampled_from(["append", "remind"]), _WORD), max_size=3),
+)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@settings(max_examples=40, deadline=None)
+@given(turns=st.lists(_STEP_TURN, min_size=1, max_size=3))
+def test_a_thread_of_multi_step_runs_holds_each_message_once(
+    thread_emulator: AnthropicEmulator,
+    tmp_path_factory: pytest.TempPathFactory,
+    kind: str,
+    turns: list[tuple[Any, ...]],
+) -> None:
+    """Property: runs of up to three steps (tool calls answered by the Agent), with a
+    processor appending at random steps before sending or after a 400: after every run the
+    stored thread is the run's conversation, and the last request sent plus the reply; no
+    tool_use id is stored twice, and every tool call is answered in the next message."""
+    thread_emulator.reset()
+    appender = _RandomAppends()
+    path = tmp_path_factory.mktemp("threads") / "t.db"
+    with (
+        MemoryStore() if kind == "memory" else SQLiteStore(path) as store,
+        thread_emulator.client() as client,
+    ):
+        agent = Agent(
+            HAIKU, client=client, store=store, tools=[lookup], error_processors=[appender]
+        )
+        for number, (text, tool_calls, where, steps, edits) in enumerate(turns):
+            appender.edits, appender.at_steps = edits, steps
+            appender.in_before_send = where == "before_send"
+            thread_emulator.reply_with(
+                *[
+                    [tool_use("lookup", {"n": i}, id=f"toolu_{number}_{i}")]
+                    for i in range(tool_calls)
+                ]
+            )
+            if where == "error" and 0 in steps:
+                thread_emulator.script(Fault(400))
+            result = agent.generate(text if number else (text or "start"), thread_id="t")
+            assert len(result.steps) == tool_calls + 1
+            stored = store.load("t")
+            assert list(stored) == list(result.messages)
+            assert stored.to_api() == _sent_then_reply(thread_emulator)
+        api = store.load("t").to_api()
+    uses = [
+        (index, block["id"])
+        for index, message in enumerate(api)
+        if isinstance(message["content"], list)
+        for block in message["content"]
+        if block["type"] == "tool_use"
+    ]
+    assert len({tool_id for _, tool_id in uses}) == len(uses)
+    for index, tool_id in uses:
+        answer = api[index + 1]["content"]
+        assert [b["tool_use_id"] for b in answer if b["type"] == "tool_result"] == [tool_id]
