@@ -25,6 +25,7 @@ from prefill_guard.testing import (
     TRAILING_WHITESPACE_MESSAGE,
     WHITESPACE_TEXT_MESSAGE,
     AnthropicEmulator,
+    duplicate_tool_use_message,
     model_deprecates_sampling,
     model_rejects_enabled_thinking,
     model_rejects_forced_tool_choice,
@@ -558,6 +559,16 @@ def test_unexpected_tool_result_is_rejected(client: anthropic.Anthropic) -> None
     ]
     message = rejected(client, "claude-haiku-4-5", messages)
     assert message == unexpected_tool_result_message(2, 0, ["toolu_X"])
+
+
+def test_a_tool_use_id_used_twice_in_a_request_is_rejected(client: anthropic.Anthropic) -> None:
+    """Two tool_use blocks with one id anywhere in the request (a conversation stored twice):
+    the API's 400 at the second block, before the pairing rules."""
+    answer = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_01A"}]}
+    turn: list[Any] = [{"role": "assistant", "content": [{"type": "text", "text": "x"}, TOOL_USE]}]
+    messages: list[Any] = [*USER_HI, *turn, answer, *turn, answer]
+    message = rejected(client, "claude-haiku-4-5", messages)
+    assert message == duplicate_tool_use_message(3, 1)
 
 
 def test_answered_and_final_tool_use_are_accepted(client: anthropic.Anthropic) -> None:

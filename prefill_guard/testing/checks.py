@@ -30,6 +30,7 @@ from .rules import (
     TRAILING_WHITESPACE_MESSAGE,
     WHITESPACE_TEXT_MESSAGE,
     deprecated_parameter_message,
+    duplicate_tool_use_message,
     orphaned_tool_use_message,
     prompt_too_long_message,
     unexpected_tool_result_message,
@@ -96,6 +97,7 @@ def check_request(
     for index, message in enumerate(messages):
         _check_message(index, message)
     _check_model_params(model, body, applies)
+    _check_unique_tool_use_ids(messages)
     if applies("orphaned_tool_use", model):
         _check_tool_pairs(messages)
     last = messages[-1]
@@ -245,6 +247,20 @@ def _block_ids(content: str | list[dict[str, Any]], block_type: str, key: str) -
     if isinstance(content, str):
         return []
     return [block[key] for block in content if block["type"] == block_type]
+
+
+def _check_unique_tool_use_ids(messages: list[dict[str, Any]]) -> None:
+    """No two ``tool_use`` blocks of a request share an id (the API's rule for every model)."""
+    seen: set[str] = set()
+    for index, message in enumerate(messages):
+        content = message["content"]
+        if isinstance(content, str):
+            continue
+        for position, block in enumerate(content):
+            if block["type"] == "tool_use":
+                if block["id"] in seen:
+                    raise Rejection(400, duplicate_tool_use_message(index, position))
+                seen.add(block["id"])
 
 
 def _check_tool_pairs(messages: list[dict[str, Any]]) -> None:

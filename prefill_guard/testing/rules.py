@@ -29,6 +29,7 @@ __all__ = [
     "ModelRule",
     "compile_rule",
     "deprecated_parameter_message",
+    "duplicate_tool_use_message",
     "model_deprecates_sampling",
     "model_rejects_enabled_thinking",
     "model_rejects_forced_tool_choice",
@@ -93,6 +94,11 @@ def orphaned_tool_use_message(index: int, tool_use_ids: Iterable[str]) -> str:
         f"after: {', '.join(tool_use_ids)}. Each `tool_use` block must have a corresponding "
         "`tool_result` block in the next message."
     )
+
+
+def duplicate_tool_use_message(index: int, block: int) -> str:
+    """The API's 400 for a ``tool_use`` block whose id an earlier block of the request has."""
+    return f"messages.{index}.content.{block}: `tool_use` ids must be unique"
 
 
 def unexpected_tool_result_message(index: int, block: int, tool_use_ids: Iterable[str]) -> str:
