@@ -11,7 +11,13 @@ prefill" 400 of Claude 4.6 and later models. The rest of the library is in its s
 from importlib.metadata import version as _version
 
 from .agent import Agent
-from .contract import Abort, ParamsProcessor, ProcessAPIErrorResult, Processor, RequestParams
+from .contract import (
+    Abort,
+    ParamsProcessor,
+    ProcessAPIErrorResult,
+    Processor,
+    RequestParams,
+)
 from .errors import api_error_type, api_message, is_prefill_rejection, partial_text
 from .knowledge import shared_knowledge
 from .messages import MessageList

@@ -8,7 +8,7 @@ declare it). The first one that returns ``ProcessAPIErrorResult(retry=True)`` wi
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -23,6 +23,7 @@ __all__ = [
     "Abort",
     "AnthropicClient",
     "AsyncClient",
+    "ContextProcessor",
     "ParamsProcessor",
     "ProcessAPIErrorResult",
     "Processor",
@@ -110,3 +111,18 @@ class ParamsProcessor(Protocol):
     def process_api_error(
         self, *, error: APIError, messages: MessageList, retry_count: int, params: RequestParams
     ) -> ProcessorReturn: ...
+
+
+@runtime_checkable
+class ContextProcessor(Protocol):
+    """A processor whose hook also declares some of the run's context: ``params``, ``step``
+    (the model call's 0-based index), ``steps`` (the completed step records) and ``state``
+    (the run's shared dict). Any combination of them type-checks; the run passes each hook
+    only what it declares, and checks the signature when the processors are registered.
+    """
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def process_api_error(self) -> Callable[..., ProcessorReturn]: ...

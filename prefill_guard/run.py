@@ -25,7 +25,14 @@ from typing import Any, Literal, TypeVar
 from anthropic import APIError
 from anthropic.types import Message, ToolUseBlock
 
-from .contract import Abort, ParamsProcessor, ProcessAPIErrorResult, Processor, RequestParams
+from .contract import (
+    Abort,
+    ContextProcessor,
+    ParamsProcessor,
+    ProcessAPIErrorResult,
+    Processor,
+    RequestParams,
+)
 from .messages import MessageList, Snapshot
 from .retries import RetryDetails, RetryPolicy, TransientBudget
 from .tools import Toolbox, ToolCall
@@ -48,7 +55,7 @@ __all__ = [
 logger = logging.getLogger("prefill_guard")
 
 T = TypeVar("T")
-AnyProcessor = Processor | ParamsProcessor
+AnyProcessor = Processor | ParamsProcessor | ContextProcessor
 
 
 @dataclass(frozen=True)

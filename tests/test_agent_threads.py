@@ -562,7 +562,7 @@ def test_a_thread_of_multi_step_runs_holds_each_message_once(
             stored = store.load("t")
             assert list(stored) == list(result.messages)
             assert stored.to_api() == _sent_then_reply(thread_emulator)
-        api = store.load("t").to_api()
+        api: list[Any] = list(store.load("t").to_api())
     uses = [
         (index, block["id"])
         for index, message in enumerate(api)
