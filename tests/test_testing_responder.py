@@ -382,3 +382,28 @@ def test_the_models_api_lists_the_model_table(client: anthropic.Anthropic) -> No
     assert client.models.retrieve("claude-opus-4-6").id == "claude-opus-4-6"
     with pytest.raises(anthropic.NotFoundError):
         client.models.retrieve("claude-unknown-9")
+
+
+def test_the_models_api_pages_with_limit_after_id_and_before_id(
+    client: anthropic.Anthropic,
+) -> None:
+    """limit makes pages (has_more, first_id, last_id) that the SDK's auto-pagination
+    follows with after_id; before_id pages backwards; a limit out of range is a 400."""
+    names = list(models.KNOWN_MODELS)
+    page = client.models.list(limit=4)
+    assert [m.id for m in page.data] == names[:4]
+    assert (page.has_more, page.first_id, page.last_id) == (True, names[0], names[3])
+    assert [m.id for m in client.models.list(limit=4)] == names  # every page, in order
+    before = client.models.list(limit=2, before_id=names[5])
+    assert [m.id for m in before.data] == names[3:5]
+    last = client.models.list(limit=3, after_id=names[-4])
+    assert ([m.id for m in last.data], last.has_more) == (names[-3:], False)
+    with pytest.raises(anthropic.BadRequestError, match="limit"):
+        client.models.list(limit=0)
+
+
+async def test_the_models_api_answers_an_async_client(emu: AnthropicEmulator) -> None:
+    """The async client lists and retrieves the same models (frameworks prewarm with it)."""
+    async with emu.async_client() as client:
+        assert [m.id async for m in client.models.list()] == list(models.KNOWN_MODELS)
+        assert (await client.models.retrieve("claude-sonnet-4-6")).id == "claude-sonnet-4-6"

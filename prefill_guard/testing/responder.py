@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .. import models
 from .api_errors import ERROR_TYPE_STATUS, error_body, new_id, standard_error
@@ -298,17 +298,39 @@ def _model_info(model: str) -> dict[str, Any]:
     }
 
 
-def _models_response(path: str) -> Response:
-    """``GET /v1/models`` (every model of the table, newest first) or ``/v1/models/{id}``."""
+def _models_response(path: str, query: str) -> Response:
+    """``GET /v1/models`` (the model table, newest first, a page at a time: ``limit``, 20 by
+    default and 1 to 1,000, and ``after_id`` or ``before_id``) or ``/v1/models/{id}``."""
     model = _MODELS_PATH.fullmatch(path)["model"]  # type: ignore[index]
     if model is not None:
         if model not in models.KNOWN_MODELS:
             return _error_response(404, f"model: {model}")
         return _json_response(200, _model_info(model))
-    data = [_model_info(name) for name in models.KNOWN_MODELS]
+    params = {name: values[-1] for name, values in parse_qs(query).items()}
+    limit = params.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        return _error_response(400, "limit: Input should be between 1 and 1000")
+    names = list(models.KNOWN_MODELS)
+    for key in ("after_id", "before_id"):
+        if key in params and params[key] not in names:
+            return _error_response(400, f"{key}: unknown model id {params[key]!r}")
+    if "before_id" in params:
+        end = names.index(params["before_id"])
+        start = max(0, end - int(limit))
+        has_more = start > 0
+    else:
+        start = names.index(params["after_id"]) + 1 if "after_id" in params else 0
+        end = start + int(limit)
+        has_more = end < len(names)
+    data = [_model_info(name) for name in names[start:end]]
     return _json_response(
         200,
-        {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]},
+        {
+            "data": data,
+            "has_more": has_more,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        },
     )
 
 
@@ -544,8 +566,9 @@ class Responder:
                         return None
                 else:
                     return self._fault_response(fault, body)
-            if method == "GET" and _MODELS_PATH.fullmatch(unquote(urlsplit(path).path)):
-                return _models_response(unquote(urlsplit(path).path))
+            target = urlsplit(path)
+            if method == "GET" and _MODELS_PATH.fullmatch(unquote(target.path)):
+                return _models_response(unquote(target.path), target.query)
             route = _messages_route(method, path)
             if route is None:
                 return _error_response(404)
