@@ -633,8 +633,11 @@ class Run:
         its step: the conversation ends with the last completed step, as a thread does, and
         can be sent again. Nothing to do when the run finished or no such reply is there."""
         messages = self.messages
-        pending = len(messages) > self._answered and messages[-1].get("role") == "assistant"
-        if pending and not self.finished:
+        if self.finished or len(messages) <= self._answered:
+            return
+        last = messages[-1]
+        content = last["content"] if last.get("role") == "assistant" else ""
+        if not isinstance(content, str) and any(b["type"] == "tool_use" for b in content):
             del messages[self._answered :]
 
     def aborted(self, abort: Abort) -> Abort:
