@@ -31,6 +31,7 @@ from .contract import (
     ParamsProcessor,
     ProcessAPIErrorResult,
     Processor,
+    RawMessage,
     RequestParams,
 )
 from .messages import MessageList, Snapshot
@@ -282,6 +283,8 @@ class Step:
         self._pipeline = pipeline
         self._policy = policy
         self._consults = consults
+        self.stored_reply: RawMessage | None = None
+        """The reply as the conversation holds it, once :meth:`succeeded` appended it."""
         self._attempts: list[Attempt] = []
         self._retry_counts = [0] * len(pipeline._entries)
         self._processor_retries = 0
@@ -315,6 +318,7 @@ class Step:
         self._attempts.append(Attempt(len(self._attempts) + 1, None, request_id))
         if any(block.type != "text" or block.text.strip() for block in message.content):
             self.messages.append(message)
+            self.stored_reply = self.messages[-1]
         else:
             logger.warning("the reply (request id %s) has no content; not stored", request_id)
 
@@ -395,7 +399,7 @@ class Step:
         context["params"] = self.params  # every before_send gets them
         try:
             entry.before_send(messages=self.messages, **context)
-            _log_repair(entry.id, len(self.messages) - len(messages), params, self.params)
+            _log_repair(entry.id, messages, list(self.messages), params, self.params)
         except BaseException as error:
             # the messages as they were, the same objects: what the hook appended, inserted,
             # replaced or removed is undone (an edit inside a message dict is not)
@@ -578,8 +582,8 @@ class Run:
         self._max_steps = max_steps
         self._steps: list[StepResult] = []
         self._stop_reason: str | None = None
-        self._answered = len(messages)
-        """Where the conversation ends after the last completed step (at first, the input)."""
+        self._current: Step | None = None
+        """The step under way: made, and not yet done."""
 
     @property
     def steps(self) -> tuple[StepResult, ...]:
@@ -593,7 +597,7 @@ class Run:
 
     def next_step(self) -> Step:
         """The next model call's decision core (its ``before_send`` hooks have run)."""
-        return Step(
+        self._current = Step(
             self._pipeline,
             self._policy,
             self.messages,
@@ -602,6 +606,7 @@ class Run:
             steps=self.steps,
             state=self.state,
         )
+        return self._current
 
     def tool_uses(self, message: Message) -> list[ToolUseBlock]:
         """The reply's tool calls the Agent answers before the next step; none when the reply
@@ -613,7 +618,7 @@ class Run:
         answered, whose results go into the conversation as the next user turn."""
         if calls:
             self.messages.append({"role": "user", "content": [call.result for call in calls]})
-        self._answered = len(self.messages)
+        self._current = None
         self._steps.append(StepResult(step.number, message, tuple(calls), step.attempts))
         if not calls:
             self._stop_reason = message.stop_reason or "end_turn"
@@ -628,17 +633,17 @@ class Run:
         )
 
     def unanswered(self) -> None:
-        """Take out a reply whose tool calls were not all answered (a tool's Abort, an
-        interrupt, a cancellation, a stream left before its tools ran), with the reminders of
-        its step: the conversation ends with the last completed step, as a thread does, and
-        can be sent again. Nothing to do when the run finished or no such reply is there."""
-        messages = self.messages
-        if self.finished or len(messages) <= self._answered:
+        """Take out the step's reply if its tool calls were not all answered (a tool's Abort,
+        an interrupt, a cancellation, a stream left before its tools ran): no ``tool_use``
+        is left without its result, so the conversation can be sent again. The reply is found
+        by identity, wherever processors moved it; nothing else is touched."""
+        reply = None if self._current is None else self._current.stored_reply
+        if reply is None or self.finished:
             return
-        last = messages[-1]
-        content = last["content"] if last.get("role") == "assistant" else ""
-        if not isinstance(content, str) and any(b["type"] == "tool_use" for b in content):
-            del messages[self._answered :]
+        for index in range(len(self.messages) - 1, -1, -1):
+            if self.messages[index] is reply:
+                del self.messages[index]
+                return
 
     def aborted(self, abort: Abort) -> Abort:
         """``abort``, with what the run completed before it on ``abort.result`` (a reply
@@ -650,21 +655,33 @@ class Run:
         return abort
 
 
-def _log_repair(owner: str, added: int, before: RequestParams, after: RequestParams) -> None:
-    """Log what a ``before_send`` hook changed (how many messages it added, which parameters
-    it set or removed; never their contents) at INFO, the fields in ``extra``."""
-    if not added and after == before:
+def _log_repair(
+    owner: str,
+    messages_before: list[RawMessage],
+    messages_after: list[RawMessage],
+    before: RequestParams,
+    after: RequestParams,
+) -> None:
+    """Log what a ``before_send`` hook changed at INFO, the fields in ``extra``: the number of
+    messages before and after it if it appended, inserted, replaced or removed any, and the
+    names of the parameters it set or removed; never their contents."""
+    moved = len(messages_before) != len(messages_after) or any(
+        old is not new for old, new in zip(messages_before, messages_after, strict=True)
+    )
+    if not moved and after == before:
         return
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     logger.info(
-        "processor %r changed the request before sending: %d message(s) added, parameters %s",
+        "processor %r changed the request before sending: messages %d -> %d, parameters %s",
         owner,
-        added,
+        len(messages_before),
+        len(messages_after),
         changed or "unchanged",
         extra={
             "prefill_guard.event": "prefill_guard.repair",
             "prefill_guard.processor.id": owner,
-            "prefill_guard.repair.messages_added": added,
+            "prefill_guard.repair.messages_before": len(messages_before),
+            "prefill_guard.repair.messages_after": len(messages_after),
             "prefill_guard.repair.params": changed,
         },
     )

@@ -273,6 +273,55 @@ async def test_a_tool_abort_leaves_the_conversation_at_the_last_completed_step(
     assert again.text == DEFAULT_REPLY_TEXT
 
 
+class DropsTheFirstMessage:
+    """After a 400, removes the conversation's first message and asks for a retry."""
+
+    id = "drops-the-first-message"
+
+    def process_api_error(
+        self, *, error: Any, messages: MessageList, retry_count: int
+    ) -> ProcessAPIErrorResult | None:
+        if retry_count == 0:
+            del messages[0]
+            return ProcessAPIErrorResult(retry=True)
+        return None
+
+
+async def test_only_the_unanswered_reply_leaves_after_a_repair_moved_messages(
+    harness: Harness,
+) -> None:
+    """A repair that inserts a message before the caller's last one (the default processors
+    answer an old orphaned tool_use), then a tool aborts: the caller's messages and the
+    repair stay, only the reply whose tool did not run goes."""
+    orphaned = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [tool_use("refuse", {"city": "Rome"}, id="toolu_old")]},
+        {"role": "assistant", "content": "x"},
+        {"role": "user", "content": "the last prompt"},
+    ]
+    harness.emulator.reply_with([tool_use("refuse", {"city": "Oslo"}, id="toolu_new")])
+    conversation = MessageList(orphaned)
+    with pytest.raises(Abort):
+        await harness.run(harness.agent("claude-sonnet-4-5", tools=[refuse]), conversation)
+    sent = harness.emulator.message_requests[-1].body["messages"]
+    assert conversation.to_api() == sent
+    assert sent[-1] == {"role": "user", "content": "the last prompt"}
+
+
+async def test_the_unanswered_reply_leaves_after_a_repair_removed_a_message(
+    harness: Harness,
+) -> None:
+    """A repair that removes an earlier message, then a tool aborts: the reply still goes,
+    so no tool_use is left without its result."""
+    harness.emulator.script(Fault(400))
+    harness.emulator.reply_with([tool_use("refuse", {"city": "Oslo"}, id="toolu_new")])
+    conversation = MessageList([{"role": "user", "content": "old"}, *QUESTION])
+    agent = harness.agent(tools=[refuse], error_processors=[DropsTheFirstMessage()])
+    with pytest.raises(Abort):
+        await harness.run(agent, conversation)
+    assert conversation.to_api() == QUESTION
+
+
 class RaisesAfterReplacing:
     """A before_send hook that replaces the question, then raises (``Abort`` or a bug)."""
 
