@@ -567,7 +567,8 @@ async def test_a_change_before_sending_is_one_log_record_with_its_fields(
     await harness.run(harness.agent("claude-opus-4-6"), PREFILL)
     (record,) = _repair_records(caplog)
     assert getattr(record, "prefill_guard.processor.id") == "adaptive-prefill-handler"
-    assert getattr(record, "prefill_guard.repair.messages_added") == 1
+    before, after = "prefill_guard.repair.messages_before", "prefill_guard.repair.messages_after"
+    assert (getattr(record, before), getattr(record, after)) == (2, 3)
     assert getattr(record, "prefill_guard.repair.params") == []
     assert SECRET not in repr([vars(r) for r in caplog.records])
     caplog.clear()

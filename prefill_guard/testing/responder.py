@@ -308,7 +308,7 @@ def _models_response(path: str, query: str) -> Response:
         return _json_response(200, _model_info(model))
     params = {name: values[-1] for name, values in parse_qs(query).items()}
     limit = params.get("limit", "20")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+    if not limit.isdecimal() or not 1 <= int(limit) <= 1000:
         return _error_response(400, "limit: Input should be between 1 and 1000")
     names = list(models.KNOWN_MODELS)
     for key in ("after_id", "before_id"):
