@@ -146,9 +146,13 @@ class Toolbox:
             function = _as_function_tool(tool, where)
             definition = dict(function.to_dict()) if function is not None else dict(tool)  # type: ignore[call-overload]
             name = definition.get("name")
+            custom = definition.get("type", "custom") in ("custom", None)
+            if name is None and not custom:  # a server toolset (mcp_toolset, ...): no name
+                self._definitions.append(definition)
+                continue
             if not isinstance(name, str) or not name:
                 raise ValueError(f"{where}: a tool needs a non-empty str 'name'")
-            if definition.get("type", "custom") == "custom":
+            if custom:
                 _check_custom(definition, name, where)
             if any(d.get("name") == name for d in self._definitions):
                 raise ValueError(f"{where}: a second tool named {name!r}")

@@ -467,11 +467,15 @@ def test_a_tool_the_api_would_refuse_is_refused_by_the_agent(tool: Any, problem:
 
 
 def test_a_server_tool_needs_no_input_schema(anthropic_emulator: AnthropicEmulator) -> None:
-    """A server tool (its own ``type``) is the API's to define: sent as it is."""
-    server_tool = {"type": "web_search_20250305", "name": "web_search"}
+    """A server tool (its own ``type``) is the API's to define: sent as it is, and a toolset
+    (``mcp_toolset``) needs no name either."""
+    server_tools = [
+        {"type": "web_search_20250305", "name": "web_search"},
+        {"type": "mcp_toolset", "mcp_server_name": "docs"},
+    ]
     with anthropic_emulator.client() as client:
-        Agent(MODEL, client=client, tools=[server_tool]).generate(QUESTION)
-    assert anthropic_emulator.message_requests[0].body["tools"] == [server_tool]
+        Agent(MODEL, client=client, tools=server_tools).generate(QUESTION)
+    assert anthropic_emulator.message_requests[0].body["tools"] == server_tools
 
 
 def test_a_synchronous_run_refuses_an_async_tool_before_any_request(
