@@ -368,13 +368,16 @@ class _ThreadRun:
         outcome = list(self.history)
         loaded = self._loaded
         if outcome[: len(loaded)] == loaded:  # nothing stored was changed: append the rest
-            self._store.append(self._thread_id, outcome[len(loaded) :])
-        elif not self._store.rewrite(self._thread_id, loaded, outcome):
+            new = outcome[len(loaded) :]
+            self._store.append(self._thread_id, new)
+            self._loaded = [*loaded, *copy.deepcopy(new)]  # the next step's save starts here
+            return
+        if not self._store.rewrite(self._thread_id, loaded, outcome):
             raise StoreError(
                 f"thread {self._thread_id!r} changed while this run repaired messages it had "
                 "loaded (another run rewrote or deleted them); the run's reply was not stored"
             )
-        self._loaded = list(self.history.copy())  # the next step's save starts from here
+        self._loaded = copy.deepcopy(outcome)
 
 
 def _check_params(params: dict[str, Any], where: str, options: Iterable[str] = ()) -> None:
