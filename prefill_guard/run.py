@@ -663,12 +663,10 @@ def _log_repair(
     after: RequestParams,
 ) -> None:
     """Log what a ``before_send`` hook changed at INFO, the fields in ``extra``: the number of
-    messages before and after it if it appended, inserted, replaced or removed any, and the
-    names of the parameters it set or removed; never their contents."""
-    moved = len(messages_before) != len(messages_after) or any(
-        old is not new for old, new in zip(messages_before, messages_after, strict=True)
-    )
-    if not moved and after == before:
+    messages before and after it if it appended, inserted, replaced or removed any (a message
+    replaced by an equal one is no change), and the names of the parameters it set or
+    removed; never their contents."""
+    if messages_after == messages_before and after == before:
         return
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     logger.info(
