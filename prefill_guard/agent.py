@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import difflib
+import functools
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -16,14 +17,14 @@ from anthropic._base_client import AsyncAPIClient, SyncAPIClient
 from anthropic.resources.messages import Messages
 from anthropic.types import Message
 
-from .contract import AnthropicClient, AsyncClient, RequestParams, SyncClient
+from .contract import AnthropicClient, AsyncClient, RawMessage, RequestParams, SyncClient
 from .errors import areply_from_response, reply_from_response
 from .messages import MessageList, check_input
 from .params import SAMPLING_PARAMETERS
 from .processors import default_processors
 from .retries import OnRetry, RetryPolicy
 from .run import AnyProcessor, Pipeline, Run, RunResult, arun_steps, run_steps
-from .stores import StoreError, ThreadStore
+from .stores import AsyncThreadStore, StoreError, ThreadStore
 from .streaming import AgentStream, AsyncAgentStream
 from .tools import Toolbox
 
@@ -216,10 +217,7 @@ class Agent:
     ) -> RunResult:
         """The async twin of :meth:`generate`; ``async def`` processors are awaited."""
         client = self._async_client_for("agenerate")
-        if thread_id is None:
-            run = self._start("agenerate", messages, params, None)
-        else:  # a store may block: read and write it off the event loop
-            run = await asyncio.to_thread(self._start, "agenerate", messages, params, thread_id)
+        run = await self._astart("agenerate", messages, params, thread_id)
         return await arun_steps(run, _async_sender(client))
 
     def stream(
@@ -240,22 +238,21 @@ class Agent:
     ) -> AsyncAgentStream:
         """The async twin of :meth:`stream`: ``async with agent.astream(messages) as stream:``.
 
-        With ``thread_id`` the store is read here, synchronously; the reply is saved off the
-        event loop.
+        The arguments are checked here; with ``thread_id``, the thread is read when the block
+        is entered, and each completed step saved, as in :meth:`agenerate`.
         """
         client = self._async_client_for("astream")
-        return AsyncAgentStream(client, self._start("astream", messages, params, thread_id))
+        if thread_id is None:
+            run = self._start("astream", messages, params, None)
+            return AsyncAgentStream(client, functools.partial(_ready, run))
+        self._check_call("astream", params, thread_id)
+        return AsyncAgentStream(
+            client, functools.partial(self._astart, "astream", messages, params, thread_id)
+        )
 
     # -- internals -------------------------------------------------------------------
-    def _start(
-        self,
-        method: str,
-        messages: MessagesInput | None,
-        params: dict[str, Any],
-        thread_id: str | None,
-    ) -> Run:
-        """Check a call's arguments; its run, over its conversation (a thread's history, with
-        a thread, which the run saves after each step)."""
+    def _check_call(self, method: str, params: dict[str, Any], thread_id: str | None) -> str:
+        """Refuse a call that cannot run, before anything is read or sent; the caller's name."""
         caller = _CALLERS[method]
         _check_params(params, caller)
         if method in ("generate", "stream"):
@@ -265,11 +262,49 @@ class Agent:
                     f"tool {self._toolbox.async_names[0]!r} is async; {caller} is synchronous "
                     "and cannot await it: use the async twin, or a synchronous tool"
                 )
+        if thread_id is not None and self._store is None:
+            raise ValueError(f"{caller}: thread_id needs a store, e.g. Agent(store=...)")
+        return caller
+
+    def _start(
+        self,
+        method: str,
+        messages: MessagesInput | None,
+        params: dict[str, Any],
+        thread_id: str | None,
+    ) -> Run:
+        """Check a call's arguments; its run, over its conversation (a thread's history, with
+        a thread, which the run saves after each step)."""
+        caller = self._check_call(method, params, thread_id)
         thread = None
         if thread_id is not None:
-            if self._store is None:
-                raise ValueError(f"{caller}: thread_id needs a store, e.g. Agent(store=...)")
-            thread = _ThreadRun(self._store, thread_id, messages, caller)
+            assert self._store is not None
+            thread = _ThreadRun.open(self._store, thread_id, messages, caller)
+        return self._run(caller, messages, params, thread)
+
+    async def _astart(
+        self,
+        method: str,
+        messages: MessagesInput | None,
+        params: dict[str, Any],
+        thread_id: str | None,
+    ) -> Run:
+        """The async twin of :meth:`_start`: the thread is read without blocking the loop."""
+        caller = self._check_call(method, params, thread_id)
+        thread = None
+        if thread_id is not None:
+            assert self._store is not None
+            thread = await _ThreadRun.aopen(self._store, thread_id, messages, caller)
+        return self._run(caller, messages, params, thread)
+
+    def _run(
+        self,
+        caller: str,
+        messages: MessagesInput | None,
+        params: dict[str, Any],
+        thread: _ThreadRun | None,
+    ) -> Run:
+        if thread is not None:
             conversation = thread.history
         elif messages is None:
             raise TypeError(f"{caller} needs messages, or a thread_id to continue a thread")
@@ -286,6 +321,7 @@ class Agent:
             toolbox=self._toolbox,
             max_steps=self._max_steps,
             on_step=None if thread is None else thread.save,
+            aon_step=None if thread is None else thread.asave,
         )
 
     def _sync_client_for(self, method: str) -> SyncClient:
@@ -341,43 +377,102 @@ class _ThreadRun:
     changed it: the messages after those are new and are appended; if a processor repaired,
     replaced or removed a stored message, the stored messages are rewritten as the successful
     request sent them (:meth:`ThreadStore.rewrite`), so nothing is stored twice and the next
-    turn sends the repaired history.
+    turn sends the repaired history. In async code, an :class:`AsyncThreadStore` is awaited and
+    any other store is called in a worker thread.
     """
 
-    def __init__(
-        self, store: ThreadStore, thread_id: str, messages: MessagesInput | None, caller: str
-    ) -> None:
-        if messages is not None:
-            new = _as_message_list(messages)
-            if not new:
-                raise ValueError(
-                    f"{caller}: messages is empty; leave it out to ask for another reply"
-                )
-            check_input(new, saved=True)
-            store.append(thread_id, list(new))  # saved even if the run fails
-        self.history = store.load(thread_id)
-        if len(self.history) == 0:
-            raise ValueError(f"{caller}: thread {thread_id!r} is empty and no messages were given")
+    def __init__(self, store: ThreadStore, thread_id: str, history: MessageList) -> None:
+        self.history = history
         self._store = store
         self._thread_id = thread_id
-        self._loaded = list(self.history.copy())
+        self._loaded = list(history.copy())
+
+    @classmethod
+    def open(
+        cls, store: ThreadStore, thread_id: str, messages: MessagesInput | None, caller: str
+    ) -> _ThreadRun:
+        """Save the new input (even if the run fails later), then load the thread."""
+        new = _new_input(messages, caller)
+        if new is not None:
+            store.append(thread_id, new)
+        return cls(store, thread_id, _loaded(store.load(thread_id), thread_id, caller))
+
+    @classmethod
+    async def aopen(
+        cls, store: ThreadStore, thread_id: str, messages: MessagesInput | None, caller: str
+    ) -> _ThreadRun:
+        """The async twin of :meth:`open`."""
+        if not isinstance(store, AsyncThreadStore):
+            return await asyncio.to_thread(cls.open, store, thread_id, messages, caller)
+        new = _new_input(messages, caller)
+        if new is not None:
+            await store.aappend(thread_id, new)
+        return cls(store, thread_id, _loaded(await store.aload(thread_id), thread_id, caller))
 
     def save(self) -> None:
         """Store what the run sent and received since the last save, each message once, in
         order (called after each completed step)."""
+        outcome, new = self._changes()
+        if new is not None:
+            self._store.append(self._thread_id, new)
+        elif not self._store.rewrite(self._thread_id, self._loaded, outcome):
+            raise self._changed()
+        self._saved(outcome, new)
+
+    async def asave(self) -> None:
+        """The async twin of :meth:`save`."""
+        store = self._store
+        if not isinstance(store, AsyncThreadStore):
+            await asyncio.to_thread(self.save)
+            return
+        outcome, new = self._changes()
+        if new is not None:
+            await store.aappend(self._thread_id, new)
+        elif not await store.arewrite(self._thread_id, self._loaded, outcome):
+            raise self._changed()
+        self._saved(outcome, new)
+
+    def _changes(self) -> tuple[list[RawMessage], list[RawMessage] | None]:
+        """The history now, and the messages to append: ``None`` if a stored one changed."""
         outcome = list(self.history)
         loaded = self._loaded
         if outcome[: len(loaded)] == loaded:  # nothing stored was changed: append the rest
-            new = outcome[len(loaded) :]
-            self._store.append(self._thread_id, new)
-            self._loaded = [*loaded, *copy.deepcopy(new)]  # the next step's save starts here
-            return
-        if not self._store.rewrite(self._thread_id, loaded, outcome):
-            raise StoreError(
-                f"thread {self._thread_id!r} changed while this run repaired messages it had "
-                "loaded (another run rewrote or deleted them); the run's reply was not stored"
-            )
-        self._loaded = copy.deepcopy(outcome)
+            return outcome, outcome[len(loaded) :]
+        return outcome, None
+
+    def _saved(self, outcome: list[RawMessage], appended: list[RawMessage] | None) -> None:
+        """What the thread holds for the run now: the next step's save starts here."""
+        if appended is not None:
+            self._loaded = [*self._loaded, *copy.deepcopy(appended)]
+        else:
+            self._loaded = copy.deepcopy(outcome)
+
+    def _changed(self) -> StoreError:
+        return StoreError(
+            f"thread {self._thread_id!r} changed while this run repaired messages it had "
+            "loaded (another run rewrote or deleted them); the run's reply was not stored"
+        )
+
+
+async def _ready(run: Run) -> Run:
+    return run
+
+
+def _new_input(messages: MessagesInput | None, caller: str) -> list[RawMessage] | None:
+    """A run's new input for its thread, checked as one that a reply will follow."""
+    if messages is None:
+        return None
+    new = _as_message_list(messages)
+    if not new:
+        raise ValueError(f"{caller}: messages is empty; leave it out to ask for another reply")
+    check_input(new, saved=True)
+    return list(new)
+
+
+def _loaded(history: MessageList, thread_id: str, caller: str) -> MessageList:
+    if len(history) == 0:
+        raise ValueError(f"{caller}: thread {thread_id!r} is empty and no messages were given")
+    return history
 
 
 def _check_params(params: dict[str, Any], where: str, options: Iterable[str] = ()) -> None:

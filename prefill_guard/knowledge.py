@@ -3,6 +3,8 @@
 Every guard of a process shares one :class:`PrefillKnowledge` unless given its own
 (:func:`shared_knowledge`): a model the model table cannot read (an alias, a fine-tune) is
 learned from its first rejection, and no client or Agent of the process pays for it again.
+:meth:`PrefillKnowledge.share` keeps it in a store (e.g. a
+:class:`~prefill_guard.postgres.PostgresStore`) too, so that no process of a deployment does.
 """
 
 from __future__ import annotations
@@ -10,12 +12,29 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
 
 from .models import rejects_prefill
 
-__all__ = ["PrefillKnowledge", "shared_knowledge"]
+__all__ = ["REJECTS_PREFILL", "KnowledgeStore", "PrefillKnowledge", "shared_knowledge"]
 
 logger = logging.getLogger("prefill_guard")
+
+REJECTS_PREFILL = "rejects-prefill"
+"""The fact a :class:`KnowledgeStore` keeps for each model known to reject prefill."""
+
+
+@runtime_checkable
+class KnowledgeStore(Protocol):
+    """Where learned facts outlive a process and reach the others: (fact, subject) pairs."""
+
+    def known(self, fact: str) -> list[str]:
+        """The subjects stored for ``fact``, sorted."""
+        ...
+
+    def remember(self, fact: str, subject: str) -> None:
+        """Store that ``fact`` holds for ``subject`` (idempotent)."""
+        ...
 
 
 class PrefillKnowledge:
@@ -27,21 +46,40 @@ class PrefillKnowledge:
     failed request on another.
     """
 
-    __slots__ = ("_builtin", "_lock", "_models")
+    __slots__ = ("_builtin", "_lock", "_models", "_store")
 
     def __init__(self, models: Iterable[str] = (), *, builtin: bool = True) -> None:
         self._builtin = builtin
         self._lock = threading.Lock()
         self._models: set[str] = set()
+        self._store: KnowledgeStore | None = None
         self.preload(models)
+
+    def share(self, store: KnowledgeStore | None) -> None:
+        """Keep what is learned in ``store`` as well, and read what other processes stored
+        there: each model learned there, by any process, costs no rejected request here.
+
+        What the store holds is read now, and again whenever a model not known here is asked
+        about (a request ending with an assistant turn to such a model reads the store once);
+        each model learned here is written at once. ``share(None)`` stops sharing. A store
+        error while reading or writing is logged and the knowledge goes on without it.
+        """
+        if store is not None and not isinstance(store, KnowledgeStore):
+            raise TypeError(f"store must be a KnowledgeStore (e.g. PostgresStore), got {store!r}")
+        with self._lock:
+            self._store = store
+        self._refresh()
 
     def rejects_prefill(self, model: str) -> bool:
         """Whether ``model`` is known not to accept a conversation ending with an assistant turn:
-        by the model table's version rule (``prefill_guard.models``), or learned, or configured."""
+        by the model table's version rule (``prefill_guard.models``), or learned, or configured
+        (here, or by any process sharing the store)."""
         if self._builtin and rejects_prefill(model):
             return True
         with self._lock:
-            return model in self._models
+            if model in self._models:
+                return True
+        return self._refresh(model)
 
     def learn(self, model: str) -> bool:
         """Remember that ``model`` rejected prefill; True if this is news."""
@@ -49,8 +87,28 @@ class PrefillKnowledge:
             if model in self._models:
                 return False
             self._models.add(model)
+            store = self._store
         logger.info("learned that model %r rejects assistant prefill", model)
+        if store is not None:
+            try:
+                store.remember(REJECTS_PREFILL, model)
+            except Exception as exc:
+                logger.warning("could not store that model %r rejects prefill: %s", model, exc)
         return True
+
+    def _refresh(self, model: str | None = None) -> bool:
+        """Read the shared store's models into this knowledge; whether ``model`` is among them."""
+        store = self._store
+        if store is None:
+            return False
+        try:
+            stored = store.known(REJECTS_PREFILL)
+        except Exception as exc:
+            logger.warning("could not read the models known to reject prefill: %s", exc)
+            return False
+        with self._lock:
+            self._models.update(stored)
+            return model in self._models
 
     def preload(self, models: Iterable[str]) -> None:
         """Add model names known (from a previous run, or configuration) to reject prefill."""

@@ -557,7 +557,7 @@ class Run:
 
     The loops (:func:`run_steps`, :func:`arun_steps`) make a :class:`Step` per model call with
     :meth:`next_step`, and report each reply with :meth:`step_done`. They call ``on_step``
-    after each completed step (a thread saves it; in async code, in a worker thread);
+    after each completed step (a thread saves it), and in async code ``aon_step``, its twin;
     ``max_steps`` bounds the model calls.
     """
 
@@ -571,12 +571,14 @@ class Run:
         toolbox: Toolbox | None = None,
         max_steps: int = 1,
         on_step: Callable[[], None] | None = None,
+        aon_step: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.messages = messages
         self.params: RequestParams = copy.deepcopy(params)
         self.state: dict[str, Any] = {}
         self.toolbox = toolbox if toolbox is not None else Toolbox()
         self.on_step = on_step
+        self.aon_step = aon_step
         self._pipeline = pipeline
         self._policy = policy
         self._max_steps = max_steps
@@ -715,8 +717,8 @@ async def arun_steps(run: Run, send: Callable[[dict[str, Any]], Awaitable[Messag
             step.succeeded(message)
             calls = await all_calls([run.toolbox.acall(use) for use in run.tool_uses(message)])
             run.step_done(step, message, calls)
-            if run.on_step is not None:
-                await asyncio.to_thread(run.on_step)  # a store may block: off the event loop
+            if run.aon_step is not None:
+                await run.aon_step()
             if run.finished:
                 return run.result()
     except Abort as abort:

@@ -29,7 +29,14 @@ from typing import Protocol, TypeVar, runtime_checkable
 from .contract import RawMessage
 from .messages import MessageList
 
-__all__ = ["MemoryStore", "SQLiteStore", "StoreError", "ThreadStore", "check_thread_id"]
+__all__ = [
+    "AsyncThreadStore",
+    "MemoryStore",
+    "SQLiteStore",
+    "StoreError",
+    "ThreadStore",
+    "check_thread_id",
+]
 
 _S = TypeVar("_S", bound="_ClosingStore")
 
@@ -95,6 +102,29 @@ class ThreadStore(Protocol):
         return list(messages) if include_system_reminders else messages.to_ui()
 
 
+@runtime_checkable
+class AsyncThreadStore(Protocol):
+    """A store whose reads and writes can be awaited, like ``prefill_guard.postgres.PostgresStore``.
+
+    ``Agent.agenerate`` and ``Agent.astream`` await these on a thread of such a store; on any
+    other store they run the synchronous calls in a worker thread, off the event loop.
+    """
+
+    async def aload(self, thread_id: str) -> MessageList:
+        """The async twin of :meth:`ThreadStore.load`."""
+        ...
+
+    async def aappend(self, thread_id: str, messages: Iterable[RawMessage]) -> None:
+        """The async twin of :meth:`ThreadStore.append`."""
+        ...
+
+    async def arewrite(
+        self, thread_id: str, old: Sequence[RawMessage], new: Iterable[RawMessage]
+    ) -> bool:
+        """The async twin of :meth:`ThreadStore.rewrite`."""
+        ...
+
+
 class _ClosingStore(ThreadStore):
     """``with store:`` closes the store on the way out."""
 
@@ -124,7 +154,7 @@ def check_thread_id(thread_id: object) -> str:
     return thread_id
 
 
-def _encode(messages: Iterable[RawMessage]) -> list[str]:
+def encode_messages(messages: Iterable[RawMessage]) -> list[str]:
     """Validate the batch (as :class:`MessageList` does) and give one JSON text per message.
 
     The JSON is strict (no NaN or Infinity) and ASCII-only, so every Python str, lone
@@ -143,7 +173,7 @@ def _encode(messages: Iterable[RawMessage]) -> list[str]:
     return rows
 
 
-def _decode(rows: Iterable[str], where: str) -> MessageList:
+def decode_rows(rows: Iterable[str], where: str) -> MessageList:
     try:
         return MessageList(json.loads(row) for row in rows)
     except (TypeError, ValueError) as exc:
@@ -152,7 +182,7 @@ def _decode(rows: Iterable[str], where: str) -> MessageList:
         raise StoreError(f"{where} holds a damaged message: nested too deeply to read") from None
 
 
-def _starts_with(rows: Sequence[str], expected: Sequence[str]) -> bool:
+def starts_with(rows: Sequence[str], expected: Sequence[str]) -> bool:
     """Whether the stored ``rows`` begin with the messages ``expected`` (compared as JSON
     values, so rows written by another encoder's spelling still match)."""
     if len(rows) < len(expected):
@@ -189,11 +219,11 @@ class MemoryStore(_ClosingStore):
         thread_id = check_thread_id(thread_id)
         with self._lock:
             rows = list(self._live().get(thread_id, ()))
-        return _decode(rows, f"thread {thread_id!r}")
+        return decode_rows(rows, f"thread {thread_id!r}")
 
     def append(self, thread_id: str, messages: Iterable[RawMessage]) -> None:
         thread_id = check_thread_id(thread_id)
-        rows = _encode(messages)
+        rows = encode_messages(messages)
         with self._lock:
             threads = self._live()
             if rows:
@@ -201,11 +231,11 @@ class MemoryStore(_ClosingStore):
 
     def rewrite(self, thread_id: str, old: Sequence[RawMessage], new: Iterable[RawMessage]) -> bool:
         thread_id = check_thread_id(thread_id)
-        expected, rows = _encode(old), _encode(new)
+        expected, rows = encode_messages(old), encode_messages(new)
         with self._lock:
             threads = self._live()
             current = threads.get(thread_id, [])
-            if not _starts_with(current, expected):
+            if not starts_with(current, expected):
                 return False
             kept = [*rows, *current[len(expected) :]]
             if kept:
@@ -322,11 +352,11 @@ class SQLiteStore(_ClosingStore):
                     (thread_id,),
                 )
             ]
-        return _decode(rows, f"{self.path}: thread {thread_id!r}")
+        return decode_rows(rows, f"{self.path}: thread {thread_id!r}")
 
     def append(self, thread_id: str, messages: Iterable[RawMessage]) -> None:
         thread_id = check_thread_id(thread_id)
-        rows = _encode(messages)
+        rows = encode_messages(messages)
         if not rows:
             return
         with self._connection(f"append to thread {thread_id!r}") as db, _transaction(db):
@@ -341,7 +371,7 @@ class SQLiteStore(_ClosingStore):
 
     def rewrite(self, thread_id: str, old: Sequence[RawMessage], new: Iterable[RawMessage]) -> bool:
         thread_id = check_thread_id(thread_id)
-        expected, rows = _encode(old), _encode(new)
+        expected, rows = encode_messages(old), encode_messages(new)
         with self._connection(f"rewrite thread {thread_id!r}") as db, _transaction(db):
             current = [
                 row
@@ -350,7 +380,7 @@ class SQLiteStore(_ClosingStore):
                     (thread_id,),
                 )
             ]
-            if not _starts_with(current, expected):
+            if not starts_with(current, expected):
                 return False
             db.execute("DELETE FROM thread_messages WHERE thread_id = ?", (thread_id,))
             db.executemany(

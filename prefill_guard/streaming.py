@@ -13,12 +13,11 @@ per attempt.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -271,12 +270,23 @@ async def _aread(opened: _StepStream) -> AsyncIterator[StreamEvent]:
 class _State:
     """What both twins track: entered, closed, the result, the step being read."""
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
+    def __init__(self, run: Run | None) -> None:
+        self._run = run
         self.entered = False
         self.closed = False
         self.result: RunResult | None = None
         self.current: _StepStream | None = None
+
+    @property
+    def run(self) -> Run:
+        """The stream's run (an async stream's starts when it is entered)."""
+        if self._run is None:
+            raise RuntimeError("enter the stream first: 'async with agent.astream(...) as stream:'")
+        return self._run
+
+    @run.setter
+    def run(self, run: Run) -> None:
+        self._run = run
 
     def check_open(self) -> bool:
         """Whether there is anything left to give; raises if the stream cannot be read."""
@@ -423,14 +433,17 @@ class AsyncAgentStream:
     loop.
     """
 
-    def __init__(self, client: AsyncClient, run: Run) -> None:
+    def __init__(self, client: AsyncClient, start: Callable[[], Awaitable[Run]]) -> None:
         self._client = client
-        self._state = _State(run)
+        self._start: Callable[[], Awaitable[Run]] | None = start
+        self._state = _State(None)
         self._manager: AsyncMessageStreamManager | None = None
 
     async def __aenter__(self) -> AsyncAgentStream:
-        if self._state.entered:
+        if self._start is None:
             raise RuntimeError("this stream was already entered; call agent.astream() again")
+        start, self._start = self._start, None
+        self._state.run = await start()  # with a thread, its history is read here
         self._state.entered = True
         await self._open_step()
         return self
@@ -497,8 +510,8 @@ class AsyncAgentStream:
     async def _finish(self, opened: _StepStream, calls: list[ToolCall]) -> RunResult | None:
         run = self._state.run
         run.step_done(opened.step, opened.reply(), calls)
-        if run.on_step is not None:
-            await asyncio.to_thread(run.on_step)  # a store may block: keep it off the loop
+        if run.aon_step is not None:
+            await run.aon_step()
         return run.result() if run.finished else None
 
     async def __aiter__(self) -> AsyncIterator[StreamEvent]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -16,18 +19,24 @@ from anthropic.types import Message
 
 from prefill_guard import (
     Agent,
+    MemoryStore,
     MessageList,
     PrefillErrorHandler,
     ProcessAPIErrorResult,
     RetryDetails,
     RunResult,
+    SQLiteStore,
+    ThreadStore,
     api_error_type,
     api_message,
     shared_knowledge,
 )
+from prefill_guard.stores import AsyncThreadStore
 from prefill_guard.testing import DEFAULT_RULES, AnthropicEmulator
 
 DRIVERS = ("generate", "agenerate", "stream", "astream")
+STORE_KINDS = ("memory", "sqlite", "postgres")
+"""Every thread store: the contract tests and the Agent's thread tests run on each."""
 
 
 def require(module: str) -> ModuleType:
@@ -41,6 +50,76 @@ def require(module: str) -> ModuleType:
         return importlib.import_module(module)
     imported: ModuleType = pytest.importorskip(module)
     return imported
+
+
+def postgres_url() -> str:
+    """The test server's URL (``PREFILL_GUARD_POSTGRES_URL``; ``scripts/postgres.sh start DIR``
+    starts a throwaway server and prints one), or a skip: a failure when CI requires it
+    (``postgres`` in ``PREFILL_GUARD_REQUIRE_EXTRAS``)."""
+    require("psycopg")
+    url = os.environ.get("PREFILL_GUARD_POSTGRES_URL", "")
+    if url:
+        return url
+    reason = (
+        "no PostgreSQL server: set PREFILL_GUARD_POSTGRES_URL (scripts/postgres.sh start DIR "
+        "starts one and prints its URL)"
+    )
+    if "postgres" in os.environ.get("PREFILL_GUARD_REQUIRE_EXTRAS", "").split(","):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A connection string whose tables live in a new, empty schema, dropped afterwards: each
+    test sees a database of its own on the one server."""
+    url = postgres_url()
+    psycopg = require("psycopg")
+    schema = f"test_{uuid.uuid4().hex}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield psycopg.conninfo.make_conninfo(url, options=f"-csearch_path={schema}")
+    finally:
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@contextmanager
+def store_location(kind: str, directory: Path) -> Iterator[str]:
+    """Where a new, empty store of ``kind`` ("sqlite" or "postgres") opens: a file's path, or
+    a connection string to a schema of its own."""
+    if kind == "sqlite":
+        yield str(directory / "threads.db")
+    else:
+        with postgres_schema() as conninfo:
+            yield conninfo
+
+
+def store_class(kind: str) -> Any:
+    """The class of the store ``kind`` ("sqlite" or "postgres"), opened with its location."""
+    return SQLiteStore if kind == "sqlite" else require("prefill_guard.postgres").PostgresStore
+
+
+@contextmanager
+def open_store(kind: str, directory: Path) -> Iterator[ThreadStore]:
+    """A new, empty store of ``kind`` (``STORE_KINDS``), closed afterwards."""
+    if kind == "memory":
+        with MemoryStore() as memory:
+            yield memory
+        return
+    with store_location(kind, directory) as where, store_class(kind)(where) as opened:
+        yield opened
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ThreadStore]:
+    """Each store kind, new and empty, closed afterwards (an async store with ``aclose``, which
+    also closes the connections of any async call the test made on it)."""
+    with open_store(request.param, tmp_path) as opened:
+        yield opened
+        if isinstance(opened, AsyncThreadStore):
+            await opened.aclose()  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)

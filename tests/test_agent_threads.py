@@ -16,26 +16,26 @@ from hypothesis import strategies as st
 
 from prefill_guard import (
     Agent,
-    MemoryStore,
     MessageList,
     PrefillErrorHandler,
     ProcessAPIErrorResult,
-    SQLiteStore,
     StoreError,
     default_processors,
 )
 from prefill_guard.messages import append_system_reminder, is_system_reminder
+from prefill_guard.stores import ThreadStore
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator, Fault, tool_use
+
+from .conftest import STORE_KINDS, open_store, store_class, store_location
 
 MODEL = "claude-opus-4-6"
 REPLY = {"role": "assistant", "content": [{"type": "text", "text": DEFAULT_REPLY_TEXT}]}
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MemoryStore | SQLiteStore]:
-    """Each test runs against both stores."""
-    with MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "t.db") as made:
-        yield made
+@pytest.fixture
+def store(any_store: ThreadStore) -> ThreadStore:
+    """Each test runs against every store."""
+    return any_store
 
 
 def _agent(emulator: AnthropicEmulator, store: Any, client: Any, **kwargs: Any) -> Agent:
@@ -169,10 +169,11 @@ def test_thread_misuse_is_a_clear_error(anthropic_emulator: AnthropicEmulator, s
     assert anthropic_emulator.message_requests == []
 
 
-def test_two_processes_on_one_thread_lose_nothing(tmp_path: Path) -> None:
-    """Two real processes, each running 10 turns on the same SQLite thread at once: all 20
-    inputs and 20 replies are stored, each reply after its own input."""
-    db = tmp_path / "shared.db"
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_two_processes_on_one_thread_lose_nothing(kind: str, tmp_path: Path) -> None:
+    """Two real processes, each running 10 turns on the same thread at once (an SQLite file,
+    or a PostgreSQL database): all 20 inputs and 20 replies are stored, each reply after its
+    own input."""
 
     def echo(body: dict[str, Any]) -> str:
         users = [m for m in body["messages"] if m["role"] == "user"]
@@ -183,21 +184,28 @@ def test_two_processes_on_one_thread_lose_nothing(tmp_path: Path) -> None:
         import sys
         import anthropic
         from prefill_guard import Agent, SQLiteStore
-        base_url, db, name = sys.argv[1:]
-        with SQLiteStore(db) as store, anthropic.Anthropic(api_key="k", base_url=base_url) as c:
+        base_url, kind, where, name = sys.argv[1:]
+        if kind == "postgres":
+            from prefill_guard.postgres import PostgresStore as open_store
+        else:
+            open_store = SQLiteStore
+        with open_store(where) as store, anthropic.Anthropic(api_key="k", base_url=base_url) as c:
             agent = Agent("claude-haiku-4-5", client=c, store=store)
             for i in range(10):
                 agent.generate(f"{name}-{i}", thread_id="shared")
         """
     )
-    with AnthropicEmulator(reply=echo) as emulator:
-        workers = [
-            subprocess.Popen([sys.executable, "-c", script, emulator.base_url, str(db), name])
-            for name in ("a", "b")
-        ]
-        assert [w.wait(timeout=120) for w in workers] == [0, 0]
-    with SQLiteStore(db) as store:
-        thread = store.recall("shared")
+    with store_location(kind, tmp_path) as where:
+        with AnthropicEmulator(reply=echo) as emulator:
+            workers = [
+                subprocess.Popen(
+                    [sys.executable, "-c", script, emulator.base_url, kind, where, name]
+                )
+                for name in ("a", "b")
+            ]
+            assert [w.wait(timeout=120) for w in workers] == [0, 0]
+        with store_class(kind)(where) as store:
+            thread = store.recall("shared")
     inputs = [m["content"] for m in thread if m["role"] == "user"]
     replies = [m["content"][0]["text"] for m in thread if m["role"] == "assistant"]
     expected = sorted(f"{n}-{i}" for n in "ab" for i in range(10))
@@ -443,7 +451,7 @@ def thread_emulator() -> Iterator[AnthropicEmulator]:
         yield emulator
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("kind", STORE_KINDS)
 @settings(max_examples=40, deadline=None)
 @given(turns=st.lists(_TURN, min_size=1, max_size=4))
 def test_a_thread_stores_exactly_what_each_successful_request_sent_plus_the_reply(
@@ -457,9 +465,8 @@ def test_a_thread_stores_exactly_what_each_successful_request_sent_plus_the_repl
     run's own messages, hidden metadata included), each message once, in order."""
     thread_emulator.reset()
     editor = _RandomEdits()
-    path = tmp_path_factory.mktemp("threads") / "t.db"
     with (
-        MemoryStore() if kind == "memory" else SQLiteStore(path) as store,
+        open_store(kind, tmp_path_factory.mktemp("threads")) as store,
         thread_emulator.client() as client,
     ):
         agent = Agent(HAIKU, client=client, store=store, error_processors=[editor])
@@ -523,7 +530,7 @@ _STEP_TURN = st.tuples(
 )
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("kind", STORE_KINDS)
 @settings(max_examples=40, deadline=None)
 @given(turns=st.lists(_STEP_TURN, min_size=1, max_size=3))
 def test_a_thread_of_multi_step_runs_holds_each_message_once(
@@ -538,9 +545,8 @@ def test_a_thread_of_multi_step_runs_holds_each_message_once(
     tool_use id is stored twice, and every tool call is answered in the next message."""
     thread_emulator.reset()
     appender = _RandomAppends()
-    path = tmp_path_factory.mktemp("threads") / "t.db"
     with (
-        MemoryStore() if kind == "memory" else SQLiteStore(path) as store,
+        open_store(kind, tmp_path_factory.mktemp("threads")) as store,
         thread_emulator.client() as client,
     ):
         agent = Agent(

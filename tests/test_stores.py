@@ -21,9 +21,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefill_guard import MemoryStore, MessageList, SQLiteStore, StoreError, ThreadStore
+from prefill_guard import MessageList, SQLiteStore, StoreError, ThreadStore
 from prefill_guard import stores as stores_module
 from prefill_guard.messages import system_reminder
+
+from .conftest import STORE_KINDS, open_store, require, store_class, store_location
 
 REMINDER = system_reminder("continue", "anthropic-prefill-processor-retry")
 HISTORY: list[dict[str, Any]] = [
@@ -36,7 +38,6 @@ HISTORY: list[dict[str, Any]] = [
     REMINDER,
     {"role": "assistant", "content": "Or Smokey.", "metadata": {}},
 ]
-KINDS = ("memory", "sqlite")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -45,16 +46,10 @@ def exact(value: Any) -> str:
     return json.dumps(value)
 
 
-def open_store(kind: str, directory: Path) -> MemoryStore | SQLiteStore:
-    return MemoryStore() if kind == "memory" else SQLiteStore(directory / "threads.db")
-
-
-@pytest.fixture(params=KINDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ThreadStore]:
-    """Each store kind, opened fresh and closed afterwards."""
-    opened = open_store(request.param, tmp_path)
-    yield opened
-    opened.close()
+@pytest.fixture
+def store(any_store: ThreadStore) -> ThreadStore:
+    """Each store kind, new and empty, closed afterwards."""
+    return any_store
 
 
 @pytest.fixture
@@ -102,11 +97,9 @@ def batch(writer: int, number: int) -> list[dict[str, Any]]:
 # -- the protocol, on both stores -----------------------------------------------------------
 
 
-def test_both_stores_satisfy_the_thread_store_protocol(tmp_path: Path) -> None:
-    """MemoryStore and SQLiteStore are ThreadStores (checked at runtime too)."""
-    for kind in KINDS:
-        with open_store(kind, tmp_path) as opened:
-            assert isinstance(opened, ThreadStore)
+def test_every_store_satisfies_the_thread_store_protocol(store: ThreadStore) -> None:
+    """MemoryStore, SQLiteStore and PostgresStore are ThreadStores (checked at runtime too)."""
+    assert isinstance(store, ThreadStore)
 
 
 def test_a_custom_store_subclassing_the_protocol_inherits_recall() -> None:
@@ -322,11 +315,12 @@ def test_a_single_dict_is_not_a_batch(store: ThreadStore) -> None:
         store.append("t1", HISTORY[0])  # type: ignore[arg-type]
 
 
-def test_closed_store_raises_store_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", STORE_KINDS)
+def test_closed_store_raises_store_error(kind: str, tmp_path: Path) -> None:
     """After close() (idempotent; also at the end of a with block) every call is a StoreError."""
-    for kind in KINDS:
-        with open_store(kind, tmp_path) as opened:
-            opened.append("t1", HISTORY)
+    with open_store(kind, tmp_path) as opened:
+        opened.append("t1", HISTORY)
+        opened.close()
         opened.close()
         calls: list[Callable[[], object]] = [
             lambda: opened.load("t1"),
@@ -383,24 +377,22 @@ _MESSAGE = st.fixed_dictionaries(
 )
 
 
-@pytest.fixture(scope="module")
-def long_lived_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ThreadStore]]:
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def long_lived_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ThreadStore]:
     """One store of each kind for all hypothesis examples (each example uses a new thread)."""
-    directory = tmp_path_factory.mktemp("property")
-    opened: dict[str, ThreadStore] = {kind: open_store(kind, directory) for kind in KINDS}
-    yield opened
-    for each in opened.values():
-        each.close()
+    with open_store(request.param, tmp_path_factory.mktemp("property")) as opened:
+        yield opened
 
 
-@pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=60, deadline=None)
 @given(batches=st.lists(st.lists(_MESSAGE, max_size=4), min_size=1, max_size=3))
 def test_append_then_load_is_the_identity_for_any_json_metadata(
-    long_lived_stores: dict[str, ThreadStore], kind: str, batches: list[list[dict[str, Any]]]
+    long_lived_store: ThreadStore, batches: list[list[dict[str, Any]]]
 ) -> None:
     """Whatever JSON metadata the messages carry, load() returns exactly what was appended."""
-    store = long_lived_stores[kind]
+    store = long_lived_store
     thread_id = uuid.uuid4().hex
     for messages in batches:
         store.append(thread_id, messages)
@@ -726,9 +718,13 @@ import time
 from prefill_guard.stores import SQLiteStore
 
 
-def write(path, writer, batches, start):
-    start.wait()  # all writers open the new file and append at the same moment
-    with SQLiteStore(path) as store:
+def write(kind, where, writer, batches, start):
+    if kind == "postgres":
+        from prefill_guard.postgres import PostgresStore as open_store
+    else:
+        open_store = SQLiteStore
+    start.wait()  # all writers open the new store and append at the same moment
+    with open_store(where) as store:
         for number in range(batches):
             store.load("shared")  # a run reads the thread, waits for the API, then appends
             time.sleep(0.002)
@@ -739,11 +735,11 @@ def write(path, writer, batches, start):
             ])
 
 
-path, writers, batches = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+kind, where, writers, batches = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 context = multiprocessing.get_context("fork")  # a fresh interpreter: no threads to inherit
 start = context.Barrier(writers)
 processes = [
-    context.Process(target=write, args=(path, writer, batches, start))
+    context.Process(target=write, args=(kind, where, writer, batches, start))
     for writer in range(writers)
 ]
 for process in processes:
@@ -755,28 +751,39 @@ sys.exit(max(process.exitcode or 0 for process in processes))
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="the writers are forked")
-def test_processes_appending_to_one_thread_lose_nothing(db_path: Path) -> None:
-    """4 processes open a new file at once and append 50 batches of 2 each: all 400 are there,
-    numbered 0..399, each batch contiguous, each process's batches in order, no duplicates.
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_processes_appending_to_one_thread_lose_nothing(kind: str, tmp_path: Path) -> None:
+    """4 processes open a new store at once and append 50 batches of 2 each: all 400 are
+    there, numbered 0..399, each batch contiguous, each process's batches in order, no
+    duplicates.
 
     One interpreter imports prefill_guard once and forks the writers (importing the SDK four
-    times would cost seconds); each writer opens its own SQLiteStore after the fork.
+    times would cost seconds); each writer opens its own store after the fork.
     """
     writers, batches = 4, 50
-    result = subprocess.run(
-        [sys.executable, "-c", _WRITERS, str(db_path), str(writers), str(batches)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    with SQLiteStore(db_path) as store:
-        assert_batches_intact(store.load("shared"), writers, batches)
-    db = raw_connection(db_path)
-    try:
-        seqs = [seq for (seq,) in db.execute("SELECT seq FROM thread_messages ORDER BY seq")]
-    finally:
-        db.close()
-    assert seqs == list(range(writers * batches * 2))
+    with store_location(kind, tmp_path) as where:
+        result = subprocess.run(
+            [sys.executable, "-c", _WRITERS, kind, where, str(writers), str(batches)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        with store_class(kind)(where) as store:
+            assert_batches_intact(store.load("shared"), writers, batches)
+        assert stored_numbers(kind, where) == list(range(writers * batches * 2))
+
+
+def stored_numbers(kind: str, where: str) -> list[int]:
+    """The sequence numbers of the stored rows, read with the database's own client."""
+    if kind == "sqlite":
+        db = raw_connection(Path(where))
+        try:
+            return [seq for (seq,) in db.execute("SELECT seq FROM thread_messages ORDER BY seq")]
+        finally:
+            db.close()
+    with require("psycopg").connect(where) as conn:
+        query = "SELECT seq FROM prefill_guard_thread_messages ORDER BY seq"
+        return [seq for (seq,) in conn.execute(query)]
