@@ -127,9 +127,11 @@ class PrefillKnowledge:
             return sorted(self._models)
 
     def clear(self) -> None:
-        """Forget every learned and configured name (the model table's rule stays)."""
+        """Forget every learned and configured name (the model table's rule stays), and stop
+        sharing through a store (what the store holds stays there)."""
         with self._lock:
             self._models.clear()
+            self._store = None
 
 
 _SHARED = PrefillKnowledge()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,14 +12,17 @@ import pytest
 from prefill_guard import (
     AdaptivePrefillHandler,
     Agent,
+    MemoryStore,
     MessageList,
     PrefillErrorHandler,
     default_processors,
     guard,
     shared_knowledge,
 )
-from prefill_guard.knowledge import PrefillKnowledge
+from prefill_guard.knowledge import REJECTS_PREFILL, PrefillKnowledge
 from prefill_guard.testing import PREFILL_MESSAGE, AnthropicEmulator, Fault
+
+from .conftest import postgres_schema, require
 
 REMINDER_ON_WIRE = {"role": "user", "content": "<system-reminder>continue</system-reminder>"}
 
@@ -303,3 +308,82 @@ def test_the_agent_leaves_a_continuation_alone_too(anthropic_emulator: Anthropic
     assert [r.body["messages"] for r in anthropic_emulator.message_requests] == [
         _ends_with_assistant()
     ]
+
+
+# -- knowledge shared through a store ----------------------------------------------------------
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A connection string to a PostgreSQL database of this test's own."""
+    with postgres_schema() as conninfo:
+        yield conninfo
+
+
+@pytest.fixture
+def knowledge_store(database: str) -> Iterator[Any]:
+    """A PostgresStore on that database (what a deployment's processes share)."""
+    with require("prefill_guard.postgres").PostgresStore(database) as store:
+        yield store
+
+
+def test_a_model_learned_by_one_process_is_known_to_another_sharing_the_store(
+    database: str, knowledge_store: Any, anthropic_emulator_acme: Any
+) -> None:
+    """Two processes' knowledge (two objects on two connections to one database): the model
+    the first learns from a rejection costs the second no failed request, although the second
+    started sharing before the first learned it."""
+    emulator: AnthropicEmulator = anthropic_emulator_acme
+    first, second = PrefillKnowledge(), PrefillKnowledge()
+    with require("prefill_guard.postgres").PostgresStore(database) as other, emulator.client() as c:
+        first.share(knowledge_store)
+        second.share(other)
+
+        def requests_for_one_conversation(knowledge: PrefillKnowledge) -> int:
+            before = len(emulator.message_requests)
+            processors = [AdaptivePrefillHandler(knowledge), PrefillErrorHandler()]
+            Agent("acme-1", client=c, error_processors=processors).generate(_ends_with_assistant())
+            return len(emulator.message_requests) - before
+
+        assert requests_for_one_conversation(first) == 2
+        assert requests_for_one_conversation(second) == 1
+    assert second.export() == ["acme-1"]
+    assert knowledge_store.known(REJECTS_PREFILL) == ["acme-1"]
+
+
+def test_sharing_reads_what_the_store_already_knows(knowledge_store: Any) -> None:
+    knowledge_store.remember(REJECTS_PREFILL, "acme-1")
+    knowledge = PrefillKnowledge()
+    knowledge.share(knowledge_store)
+    assert knowledge.export() == ["acme-1"]
+
+
+def test_a_store_error_is_logged_and_the_knowledge_goes_on(
+    knowledge_store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    knowledge = PrefillKnowledge()
+    knowledge.share(knowledge_store)
+    knowledge_store.close()
+    with caplog.at_level(logging.WARNING, logger="prefill_guard"):
+        assert knowledge.learn("acme-1") is True
+        assert knowledge.rejects_prefill("acme-1")
+        assert not knowledge.rejects_prefill("acme-2")
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("could not store that model 'acme-1' rejects prefill" in m for m in messages)
+    assert any("could not read the models known to reject prefill" in m for m in messages)
+
+
+def test_share_none_or_clear_stops_sharing(knowledge_store: Any) -> None:
+    knowledge = PrefillKnowledge()
+    knowledge.share(knowledge_store)
+    knowledge.share(None)
+    knowledge.learn("acme-1")
+    knowledge.share(knowledge_store)
+    knowledge.clear()
+    knowledge.learn("acme-2")
+    assert knowledge_store.known(REJECTS_PREFILL) == []
+
+
+def test_share_refuses_what_is_not_a_knowledge_store() -> None:
+    with pytest.raises(TypeError, match="store must be a KnowledgeStore"):
+        PrefillKnowledge().share(MemoryStore())  # type: ignore[arg-type]
