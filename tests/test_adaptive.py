@@ -341,8 +341,11 @@ def test_a_model_learned_by_one_process_is_known_to_another_sharing_the_store(
 
         def requests_for_one_conversation(knowledge: PrefillKnowledge) -> int:
             before = len(emulator.message_requests)
-            processors = [AdaptivePrefillHandler(knowledge), PrefillErrorHandler()]
-            Agent("acme-1", client=c, error_processors=processors).generate(_ends_with_assistant())
+            Agent(
+                "acme-1",
+                client=c,
+                error_processors=[AdaptivePrefillHandler(knowledge), PrefillErrorHandler()],
+            ).generate(_ends_with_assistant())
             return len(emulator.message_requests) - before
 
         assert requests_for_one_conversation(first) == 2
