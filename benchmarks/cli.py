@@ -13,7 +13,15 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from . import long_conversations, overhead, round_trips, scale, streaming, tool_loop
+from . import (
+    long_conversations,
+    overhead,
+    round_trips,
+    scale,
+    shared_knowledge,
+    streaming,
+    tool_loop,
+)
 from .common import Config, Section, child_environment, machine, write_json
 
 __all__ = ["BENCHMARKS", "main", "markdown"]
@@ -28,6 +36,7 @@ BENCHMARKS: dict[str, Callable[[Config], Section]] = {
     "scale": scale.run,
     "long": long_conversations.run,
     "tool-loop": tool_loop.run,
+    "shared-knowledge": shared_knowledge.run,
 }
 
 

@@ -17,6 +17,7 @@ from importlib import metadata
 from typing import Any, TypeVar
 
 import anthropic
+import httpx2
 
 from prefill_guard import Agent, MessageList
 from prefill_guard.messages import check_input
@@ -28,6 +29,7 @@ __all__ = [
     "UNKNOWN_MODEL",
     "Config",
     "EmulatorProcess",
+    "RequestCounter",
     "Row",
     "Section",
     "child_environment",
@@ -346,6 +348,21 @@ class EmulatorProcess:
                 process.wait(timeout=10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+class RequestCounter:
+    """Counts the HTTP requests a client sends (an httpx event hook)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def __call__(self, request: httpx2.Request) -> None:
+        self.requests += 1
+
+    def client(self, emulator: EmulatorProcess) -> anthropic.Anthropic:
+        """A client of ``emulator`` (no SDK retries) whose requests this counts."""
+        http_client = httpx2.Client(event_hooks={"request": [self]})
+        return emulator.sync_client(http_client=http_client, max_retries=0)
 
 
 @contextmanager

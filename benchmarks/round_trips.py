@@ -7,12 +7,19 @@ from collections.abc import Callable
 from typing import Any
 
 import anthropic
-import httpx2
 
 from prefill_guard import Agent, PrefillErrorHandler, default_processors, guard, shared_knowledge
 from prefill_guard.knowledge import PrefillKnowledge
 
-from .common import MODEL, UNKNOWN_MODEL, Config, EmulatorProcess, Section, emulator_process
+from .common import (
+    MODEL,
+    UNKNOWN_MODEL,
+    Config,
+    EmulatorProcess,
+    RequestCounter,
+    Section,
+    emulator_process,
+)
 from .server import reply_text
 
 __all__ = ["run"]
@@ -22,21 +29,6 @@ ENDS_WITH_ASSISTANT: list[dict[str, Any]] = [
     {"role": "assistant", "content": "How about Ash?"},
 ]
 """Every conversation here ends with an assistant turn: the request the 4.6 models reject."""
-
-
-class _Counter:
-    """Counts the HTTP requests a client sends (an httpx event hook)."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-
-    def __call__(self, request: httpx2.Request) -> None:
-        self.requests += 1
-
-
-def _client(emulator: EmulatorProcess, counter: _Counter) -> anthropic.Anthropic:
-    http_client = httpx2.Client(event_hooks={"request": [counter]})
-    return emulator.sync_client(http_client=http_client, max_retries=0)
 
 
 Scenario = tuple[str, str, Callable[[anthropic.Anthropic], Callable[[], str]]]
@@ -132,8 +124,8 @@ def run(config: Config) -> Section:
         for name, target, build in _scenarios():
             if not name.startswith("a second"):  # what a process learned, it keeps
                 shared_knowledge().clear()
-            counter = _Counter()
-            with _client(emulator, counter) as client:
+            counter = RequestCounter()
+            with counter.client(emulator) as client:
                 send = build(client)
                 counts = []
                 for _ in range(conversations):

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import anthropic
-import httpx2
 from anthropic.types import Message, MessageParam, ToolResultBlockParam
 
 from prefill_guard import Agent
@@ -17,7 +16,7 @@ from prefill_guard.testing import AnthropicEmulator
 from .common import (
     MODEL,
     Config,
-    EmulatorProcess,
+    RequestCounter,
     Section,
     emulator_process,
     interleave,
@@ -47,16 +46,6 @@ def lookup(n: int) -> str:
 
 
 LOOKUP = anthropic.beta_tool(lookup)
-
-
-class _Counter:
-    """Counts the HTTP requests a client sends (an httpx event hook)."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-
-    def __call__(self, request: httpx2.Request) -> None:
-        self.requests += 1
 
 
 def _text(message: Any) -> str:
@@ -129,12 +118,6 @@ SIDES: dict[str, Callable[[anthropic.Anthropic], Callable[[], str]]] = {
 }
 
 
-def _client(emulator: EmulatorProcess, counter: _Counter) -> anthropic.Anthropic:
-    return emulator.sync_client(
-        http_client=httpx2.Client(event_hooks={"request": [counter]}), max_retries=0
-    )
-
-
 def _in_memory(section: Section, config: Config) -> None:
     """The same loops over the emulator's in-memory transport, in this process: the fastest
     of many loops, so the difference is the Agent's extra work per step, without the
@@ -175,8 +158,8 @@ def run(config: Config) -> Section:
     warmup = config.pick(20, 2)
     expected = reply_text(8)
     with emulator_process(tool_calls=TOOL_CALLS) as emulator:
-        counters = {name: _Counter() for name in SIDES}
-        clients = {name: _client(emulator, counters[name]) for name in SIDES}
+        counters = {name: RequestCounter() for name in SIDES}
+        clients = {name: counters[name].client(emulator) for name in SIDES}
         loops = {name: build(clients[name]) for name, build in SIDES.items()}
         requests: dict[str, list[int]] = {name: [] for name in SIDES}
         cpu: dict[str, list[float]] = {name: [] for name in SIDES}
