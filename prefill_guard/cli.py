@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import os
@@ -21,7 +22,7 @@ from .errors import api_message
 from .messages import is_system_reminder
 from .processors import PrefillErrorHandler, default_processors
 from .run import RunResult
-from .stores import SQLiteStore, StoreError, check_thread_id
+from .stores import SQLiteStore, StoreError, ThreadStore, check_thread_id
 from .testing import AnthropicEmulator, Fault
 
 __all__ = ["main"]
@@ -204,11 +205,33 @@ def _read_line(stdin: TextIO) -> str:
         raise RuntimeFailure(problem) from None
 
 
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _open_store(location: str, *, existing: bool) -> tuple[ThreadStore, str]:
+    """The store at ``location`` (a PostgreSQL URL, or an SQLite file's path), and how to name
+    it in a message (never with a password). ``existing``: a missing SQLite file is a usage
+    error instead of a new file."""
+    if location.startswith(POSTGRES_SCHEMES):
+        try:
+            postgres = importlib.import_module("prefill_guard.postgres")
+        except ImportError:
+            raise UsageError(
+                "a PostgreSQL store needs psycopg: pip install 'prefill-guard[postgres]'"
+            ) from None
+        store = postgres.PostgresStore(location)
+        return store, f"database {store.database!r} at {store.server}"
+    if existing and not Path(location).exists():
+        raise UsageError(f"{location}: no such thread database")
+    return SQLiteStore(location), location
+
+
 def _run_chat(args: argparse.Namespace, out: TextIO) -> int:
     interactive = sys.stdin.isatty()
     stdin = _strict_stdin()
     with contextlib.ExitStack() as stack:
-        store = stack.enter_context(SQLiteStore(args.db))
+        store, _ = _open_store(args.store, existing=False)
+        stack.enter_context(contextlib.closing(store))
         client = _chat_client(args, stack)
         agent = Agent(args.model, client=client, store=store, error_processors=default_processors())
         if interactive:
@@ -246,12 +269,11 @@ def _run_chat(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _run_history(args: argparse.Namespace, out: TextIO) -> int:
-    if not Path(args.db).exists():
-        raise UsageError(f"{args.db}: no such thread database")
-    with SQLiteStore(args.db) as store:
+    store, name = _open_store(args.store, existing=True)
+    with contextlib.closing(store):
         messages = store.recall(args.thread, include_system_reminders=args.raw)
         if not messages and args.thread not in store.list_threads():
-            raise UsageError(f"{args.db} has no thread {args.thread!r}")
+            raise UsageError(f"{name} has no thread {args.thread!r}")
     if args.json:
         print(json.dumps(messages, indent=2, ensure_ascii=False), file=out)
     else:
@@ -314,14 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = commands.add_parser(
         "chat",
-        help="chat in a thread kept in a SQLite file",
+        help="chat in a thread kept in a SQLite file or a PostgreSQL database",
         description=(
-            f"An interactive chat that keeps its thread in a SQLite file. A line {AGAIN} asks "
-            "the model to reply again without new input (the case that meets the prefill 400); "
-            "an empty line sends nothing."
+            "An interactive chat that keeps its thread in a SQLite file or a PostgreSQL "
+            f"database. A line {AGAIN} asks the model to reply again without new input (the case "
+            "that meets the prefill 400); an empty line sends nothing."
         ),
     )
-    chat.add_argument("--db", required=True, help="the thread database (created if missing)")
+    _store_arguments(chat, "(a file is created if missing)")
     chat.add_argument("--thread", required=True, type=_thread_id, help="the thread id")
     chat.add_argument("--model", default=DEFAULT_DEMO_MODEL, help="model name (%(default)s)")
     chat.add_argument(
@@ -336,11 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a stored thread",
         description="Print a thread: the UI view by default, the raw one with --raw.",
     )
-    history.add_argument("--db", required=True, help="the thread database")
+    _store_arguments(history, "")
     history.add_argument("--thread", required=True, type=_thread_id, help="the thread id")
     history.add_argument("--raw", action="store_true", help="include hidden system reminders")
     history.add_argument("--json", action="store_true", help="print the messages as JSON")
     return parser
+
+
+def _store_arguments(command: argparse.ArgumentParser, new: str) -> None:
+    """``--store URL-or-PATH``, or ``--db PATH`` (an SQLite file): one of them, required."""
+    where = command.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--store",
+        metavar="URL_OR_PATH",
+        help=f"where the thread is: a postgresql:// URL, or an SQLite file's path {new}".strip(),
+    )
+    where.add_argument("--db", dest="store", metavar="PATH", help="an SQLite file's path")
 
 
 _COMMANDS = {

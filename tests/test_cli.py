@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import urllib.parse
 from typing import Any
 
 import pytest
 
 from prefill_guard.testing import AnthropicEmulator
+
+from .conftest import require, store_location
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -146,10 +149,28 @@ def test_emulator_command_rejects_a_bad_fault() -> None:
     assert "bad fault 'overloaded'" in result.stderr
 
 
-def test_chat_through_stdin_then_history(tmp_path: Any) -> None:
+@pytest.mark.parametrize(
+    ("option", "kind"), [("--db", "sqlite"), ("--store", "sqlite"), ("--store", "postgres")]
+)
+def test_chat_through_stdin_then_history(option: str, kind: str, tmp_path: Any) -> None:
     """A chat driven through stdin: a message, then /again (reply again, which meets the
-    prefill 400 and recovers); `history` shows the UI view, --raw the reminder, --json JSON."""
-    db = str(tmp_path / "threads.db")
+    prefill 400 and recovers); `history` shows the UI view, --raw the reminder, --json JSON.
+    The thread is in an SQLite file (--db or --store PATH) or PostgreSQL (--store URL)."""
+    with store_location(kind, tmp_path) as where:
+        _chat_then_history(option, _as_url(where) if kind == "postgres" else where)
+
+
+def _as_url(conninfo: str) -> str:
+    """The ``postgresql://`` URL of a key=value connection string (what a user types)."""
+    parts = require("psycopg").conninfo.conninfo_to_dict(conninfo)
+    options = urllib.parse.quote(parts["options"], safe="")
+    return (
+        f"postgresql://{parts['user']}:{urllib.parse.quote(parts['password'], safe='')}@"
+        f"{parts['host']}:{parts['port']}/{parts['dbname']}?options={options}"
+    )
+
+
+def _chat_then_history(option: str, db: str) -> None:
     with AnthropicEmulator() as emulator:
         chat = subprocess.run(
             [
@@ -157,7 +178,7 @@ def test_chat_through_stdin_then_history(tmp_path: Any) -> None:
                 "-m",
                 "prefill_guard",
                 "chat",
-                "--db",
+                option,
                 db,
                 "--thread",
                 "t1",
@@ -176,16 +197,16 @@ def test_chat_through_stdin_then_history(tmp_path: Any) -> None:
     assert "(hidden)" in chat.stdout
     assert "you>" not in chat.stdout  # plain output when stdin is not a terminal
 
-    ui = _run("history", "--db", db, "--thread", "t1")
+    ui = _run("history", option, db, "--thread", "t1")
     assert ui.returncode == 0
     assert [line.split(":")[0].strip() for line in ui.stdout.splitlines()] == [
         "user",
         "assistant",
         "assistant",
     ]
-    raw = _run("history", "--db", db, "--thread", "t1", "--raw")
+    raw = _run("history", option, db, "--thread", "t1", "--raw")
     assert "<system-reminder>continue</system-reminder>  (hidden)" in raw.stdout
-    as_json = json.loads(_run("history", "--db", db, "--thread", "t1", "--raw", "--json").stdout)
+    as_json = json.loads(_run("history", option, db, "--thread", "t1", "--raw", "--json").stdout)
     assert as_json[2]["metadata"] == {
         "systemReminder": {"type": "anthropic-prefill-processor-retry"}
     }
@@ -334,3 +355,18 @@ def test_bad_thread_ids_and_ports_are_usage_errors(
     errors = [line for line in stderr.splitlines() if ": error: " in line]
     assert len(errors) == 1
     assert text in errors[0]
+
+
+def test_history_of_an_unknown_postgres_thread_names_the_database_not_the_password(
+    tmp_path: Any,
+) -> None:
+    with store_location("postgres", tmp_path) as where:
+        url = _as_url(where)
+        result = _run("history", "--store", url, "--thread", "nope")
+    parts = require("psycopg").conninfo.conninfo_to_dict(where)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"prefill-guard: error: database {parts['dbname']!r} at {parts['host']}:{parts['port']} "
+        "has no thread 'nope'"
+    )
+    assert parts["password"] not in result.stderr
