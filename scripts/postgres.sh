@@ -6,12 +6,14 @@
 set -euo pipefail
 action=${1:?usage: postgres.sh start|stop DIR}
 dir=${2:?usage: postgres.sh start|stop DIR}
+dir=$(realpath -m "$dir")  # absolute: the server runs from /
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 if [ -z "$bin" ] && command -v pg_ctl >/dev/null; then bin=$(dirname "$(command -v pg_ctl)"); fi
 [ -n "$bin" ] || { echo "postgres.sh: no PostgreSQL binaries found (initdb, pg_ctl)" >&2; exit 1; }
 
-as_owner() {  # PostgreSQL refuses to run as root: run it as the owner of DIR
-  if [ "$(id -u)" = 0 ]; then runuser -u nobody -- "$@"; else "$@"; fi
+as_owner() {  # PostgreSQL refuses to run as root: run it as the owner of DIR (from /, which
+  # that user can enter, unlike a root-only working directory)
+  if [ "$(id -u)" = 0 ]; then (cd / && runuser -u nobody -- "$@"); else "$@"; fi
 }
 
 case "$action" in
