@@ -40,19 +40,27 @@ __all__ = ["PostgresStore"]
 logger = logging.getLogger("prefill_guard")
 
 _T = TypeVar("_T")
+Connection = psycopg.Connection[Any]
+AsyncConnection = psycopg.AsyncConnection[Any]
 
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (  # schema 1: one row per message, numbered 0, 1, 2... within its thread; learned facts
+    (  # schema 1: messages numbered 0, 1, 2... within their thread; recent writes; facts
         """
         CREATE TABLE prefill_guard_thread_messages (
             thread_id text NOT NULL CHECK (length(thread_id) > 0),
             seq integer NOT NULL CHECK (seq >= 0),
             message text NOT NULL,
-            write_id uuid NOT NULL,
             PRIMARY KEY (thread_id, seq)
         )
         """,
-        "CREATE INDEX ON prefill_guard_thread_messages (write_id)",
+        """
+        CREATE TABLE prefill_guard_writes (
+            write_id uuid PRIMARY KEY,
+            thread_id text NOT NULL,
+            written_at timestamptz NOT NULL DEFAULT now()
+        )
+        """,
+        "CREATE INDEX ON prefill_guard_writes (thread_id, written_at)",
         """
         CREATE TABLE prefill_guard_knowledge (
             fact text NOT NULL,
@@ -64,27 +72,36 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 """Migration ``n`` (1-based) upgrades schema ``n - 1`` to ``n``: its statements run in order, in
-the opening transaction, under an advisory lock; the schema version is this tuple's length."""
+the opening transaction, under the schema's lock; the schema version is this tuple's length."""
 
-SCHEMA_LOCK = 0x50475453  # the advisory lock every opening store takes to check or migrate
 _ATTEMPTS = 3
-"""Calls made again after the connection was lost: the first attempt and two more."""
+"""Attempts of a call whose connection is lost: the first and two more."""
 
-_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+_SCHEMA_LOCK = (
+    "SELECT pg_advisory_xact_lock("
+    "hashtextextended('prefill_guard schema ' || coalesce(current_schema(), ''), 0))"
+)
+"""The lock every opening store takes to check or migrate the schema (per database schema)."""
+_LOCK = (
+    "SELECT pg_advisory_xact_lock(hashtextextended(coalesce(current_schema(), '') || ' ' || %s, 0))"
+)
 """Every write to a thread first takes the thread's lock, held until its transaction ends:
-writes to one thread queue there, so their numbers never clash (a hash collision only makes
-two threads' writes queue together)."""
+writes to one thread queue there, so their numbers never clash (two threads whose ids hash
+alike only queue together)."""
 _LOAD = "SELECT message FROM prefill_guard_thread_messages WHERE thread_id = %s ORDER BY seq"
-_LOAD_FOR_REWRITE = (
-    "SELECT message, write_id FROM prefill_guard_thread_messages WHERE thread_id = %s ORDER BY seq"
-)
 _NEXT = "SELECT COALESCE(max(seq) + 1, 0) FROM prefill_guard_thread_messages WHERE thread_id = %s"
-_INSERT = (
-    "INSERT INTO prefill_guard_thread_messages (thread_id, seq, message, write_id) "
-    "VALUES (%s, %s, %s, %s)"
-)
+_INSERT = "INSERT INTO prefill_guard_thread_messages (thread_id, seq, message) VALUES (%s, %s, %s)"
 _DELETE = "DELETE FROM prefill_guard_thread_messages WHERE thread_id = %s"
-_WRITTEN = "SELECT EXISTS (SELECT FROM prefill_guard_thread_messages WHERE write_id = %s)"
+_RECORD = """
+    WITH pruned AS (
+        DELETE FROM prefill_guard_writes
+        WHERE thread_id = %(thread)s AND written_at < now() - interval '1 hour'
+    )
+    INSERT INTO prefill_guard_writes (write_id, thread_id) VALUES (%(write)s, %(thread)s)
+"""
+"""Records a write in its own transaction (and forgets the thread's writes older than an hour:
+an attempt made again after a lost connection comes seconds later, not hours)."""
+_RECORDED = "SELECT EXISTS (SELECT FROM prefill_guard_writes WHERE write_id = %s)"
 _LIST = (
     'SELECT DISTINCT thread_id COLLATE "C" AS thread_id FROM prefill_guard_thread_messages '
     "ORDER BY 1"
@@ -95,7 +112,7 @@ _REMEMBER = (
 )
 
 
-def _lost(exc: psycopg.Error, conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+def _lost(exc: psycopg.Error, conn: Connection | AsyncConnection) -> bool:
     """Whether ``exc`` means the connection was lost (so the server rolled back whatever the
     transaction had not committed), rather than the database refusing the statement."""
     return isinstance(exc, psycopg.OperationalError) and (conn.closed or conn.broken)
@@ -104,20 +121,24 @@ def _lost(exc: psycopg.Error, conn: psycopg.Connection[Any] | psycopg.AsyncConne
 class PostgresStore(ThreadStore):
     """Threads in a PostgreSQL database, shared by any number of processes and machines.
 
-    ``conninfo`` is a libpq connection string or URL (``postgresql://user:pass@host/db``; add
-    ``?options=-csearch_path%3Dmyschema`` to keep the tables in a schema of their own). Opening
-    connects once, checks the schema (a newer one than this version knows is refused, untouched)
-    and migrates an older one in one transaction; every failure, then and later, is a
-    :class:`StoreError` naming the server, the database and the thread.
+    ``conninfo`` is a libpq URL or connection string (``postgresql://user:pass@host/db``;
+    percent-encode ``@``, ``:``, ``/`` and ``%`` in a password; add
+    ``?options=-csearch_path%3Dmyschema`` to keep the tables in a schema of their own).
+    ``timeout`` (seconds) bounds connecting (it replaces any ``connect_timeout``), waiting for a
+    free connection of the pool (up to ``max_connections``) and waiting for a thread's lock.
+    Opening connects once, checks the schema (a newer one than this version knows is refused,
+    untouched) and migrates an older one in one transaction. Every failure, then and later, is
+    a :class:`StoreError` naming the server, the database and the thread, never the password.
 
     Each synchronous method has an async twin (``aload``, ``aappend``, ``arewrite``,
-    ``alist_threads``, ``adelete``, ``arecall``) on psycopg's async connections, which
-    ``Agent.agenerate`` and ``Agent.astream`` use. The sync pool opens with the store; the async
-    pool opens on the first async call and belongs to that event loop. Close the store with
-    :meth:`close` (sync use only) or ``await store.aclose()`` (``async with store:``) after any
-    async call. A call whose connection is lost is made again on a new connection, at most
-    twice, when that is safe: every write is tagged with an id, so a write whose commit was sent
-    before the connection dropped is found and not made twice.
+    ``alist_threads``, ``adelete``, ``arecall``, ``aclose``) on psycopg's async connections,
+    which ``Agent.agenerate`` and ``Agent.astream`` use. The async pool opens on the first async
+    call and belongs to that event loop; close the store in it (``async with store:``).
+
+    A call whose connection is lost is made again, at most twice, on a connection the pool has
+    checked. That is safe for writes: each write is recorded under an id in its own transaction,
+    and a write made again first looks for its id under the thread's lock, so a write whose
+    ``COMMIT`` reached the server before the connection dropped is not made twice.
 
     One store object may be shared by threads (its pool hands each call a connection) and by
     the tasks of its event loop. It must not cross ``fork()``: open a new store in each process.
@@ -137,12 +158,7 @@ class PostgresStore(ThreadStore):
             or timeout <= 0
         ):
             raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
-        try:
-            parts = conninfo_to_dict(conninfo)
-        except psycopg.ProgrammingError as exc:
-            raise ValueError(
-                f"conninfo is not a PostgreSQL URL or connection string: {exc}"
-            ) from None
+        parts = _parsed(conninfo)
         self._conninfo = make_conninfo(conninfo, connect_timeout=max(1, math.ceil(timeout)))
         self._max_connections = max_connections
         self._timeout = float(timeout)
@@ -167,6 +183,7 @@ class PostgresStore(ThreadStore):
             min_size=1,
             max_size=max_connections,
             timeout=self._timeout,
+            configure=self._configure,
             open=False,
             name="prefill_guard",
         )
@@ -178,21 +195,13 @@ class PostgresStore(ThreadStore):
     # -- opening and closing ------------------------------------------------------------
 
     def _open_schema(self) -> None:
-        """Connect once, create or migrate the schema under the advisory lock, or refuse it."""
+        """Connect once, create or migrate the schema under its lock, or refuse it."""
         try:
             with psycopg.connect(self._conninfo, autocommit=True) as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS prefill_guard_schema (version integer NOT NULL)"
-                )
-                row = conn.execute("SELECT max(version) FROM prefill_guard_schema").fetchone()
-                version = 0 if row is None or row[0] is None else int(row[0])
-                if version > len(_MIGRATIONS):
-                    raise StoreError(
-                        f"{self._where} has thread store schema version {version}, but this "
-                        f"prefill_guard knows versions up to {len(_MIGRATIONS)}: it was written "
-                        "by a newer prefill_guard; upgrade prefill_guard to use it"
-                    )
+                conn.execute(_SCHEMA_LOCK)
+                version = self._schema_version(conn)
+                if version == 0:
+                    conn.execute("CREATE TABLE prefill_guard_schema (version integer NOT NULL)")
                 for number in range(version + 1, len(_MIGRATIONS) + 1):
                     try:
                         for statement in _MIGRATIONS[number - 1]:
@@ -207,39 +216,102 @@ class PostgresStore(ThreadStore):
         except psycopg.Error as exc:
             raise StoreError(f"{self._where}: could not open the thread store: {exc}") from exc
 
+    def _schema_version(self, conn: Connection) -> int:
+        """The schema's version, 0 where there is none yet; a :class:`StoreError` for a newer
+        one, or for a ``prefill_guard_schema`` table that is not this library's."""
+        (exists,) = conn.execute(
+            "SELECT to_regclass('prefill_guard_schema') IS NOT NULL"
+        ).fetchone() or (False,)
+        if not exists:
+            return 0
+        try:
+            row = conn.execute("SELECT max(version) FROM prefill_guard_schema").fetchone()
+        except psycopg.Error as exc:
+            raise StoreError(f"{self._where}: prefill_guard_schema is unreadable: {exc}") from exc
+        version = None if row is None else row[0]
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise StoreError(
+                f"{self._where}: prefill_guard_schema holds {version!r}, not a thread store "
+                "schema version; it was left untouched"
+            )
+        if version > len(_MIGRATIONS):
+            raise StoreError(
+                f"{self._where} has thread store schema version {version}, but this "
+                f"prefill_guard knows versions up to {len(_MIGRATIONS)}: it was written "
+                "by a newer prefill_guard; upgrade prefill_guard to use it"
+            )
+        return version
+
+    def _configure(self, conn: Connection) -> None:
+        """Each new connection waits for a thread's lock no longer than ``timeout``."""
+        conn.execute(_LOCK_TIMEOUT, (f"{round(self._timeout * 1000)}ms",))
+
+    async def _aconfigure(self, conn: AsyncConnection) -> None:
+        await conn.execute(_LOCK_TIMEOUT, (f"{round(self._timeout * 1000)}ms",))
+
     def close(self) -> None:
         """Close the connections; later calls raise :class:`StoreError`. Idempotent.
 
-        After an async call, use ``await store.aclose()``: the async pool can only be closed
-        in its event loop, so ``close()`` then raises :class:`StoreError`, closing nothing.
+        If async calls were made, their pool is closed too when its event loop is not running
+        (and gone with it when that loop is closed); from inside the running loop, use
+        ``await store.aclose()`` (``close()`` then raises :class:`StoreError`).
         """
         with self._lock:
             if self._closed:
                 return
-            if self._apool is not None:
+            apool, loop = self._apool, self._apool_loop
+            if apool is not None and loop is not None and loop.is_running():
                 raise StoreError(
-                    f"{self._where}: this store opened async connections; close it with "
-                    "`await store.aclose()` (or `async with store:`) in their event loop"
+                    f"{self._where}: this store's async connections belong to a running event "
+                    "loop; close it there with `await store.aclose()` (or `async with store:`)"
                 )
             self._closed = True
-        self._pool.close()
+            self._apool = None
+        try:
+            if apool is not None and loop is not None and not loop.is_closed():
+                loop.run_until_complete(apool.close())
+            elif apool is not None:
+                logger.warning(
+                    "%s: the event loop of this store's async connections was closed before "
+                    "the store; they are released with it (close async stores in their loop)",
+                    self._where,
+                )
+        finally:
+            self._pool.close()
 
     async def aclose(self) -> None:
         """Close the sync and async connections; later calls raise :class:`StoreError`."""
         with self._lock:
             if self._closed:
                 return
+            if self._apool is not None and self._apool_loop is not asyncio.get_running_loop():
+                raise StoreError(
+                    f"{self._where}: this store's async connections belong to another event "
+                    "loop; close the store there"
+                )
             self._closed = True
             apool, self._apool = self._apool, None
-        if apool is not None:
-            await apool.close()
-        await asyncio.to_thread(self._pool.close)
+        try:
+            if apool is not None:
+                await apool.close()
+        finally:
+            await asyncio.to_thread(self._pool.close)
 
     def __enter__(self) -> PostgresStore:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            self.close()
+        except StoreError:
+            if exc is None:
+                raise
+            logger.exception("%s: could not close the store", self._where)  # exc goes on
 
     async def __aenter__(self) -> PostgresStore:
         return self
@@ -281,6 +353,7 @@ class PostgresStore(ThreadStore):
                     min_size=1,
                     max_size=self._max_connections,
                     timeout=self._timeout,
+                    configure=self._aconfigure,
                     open=False,
                     name="prefill_guard-async",
                 )
@@ -290,39 +363,26 @@ class PostgresStore(ThreadStore):
 
     # -- running a call: errors named, lost connections tried again ------------------------
 
-    def _call(
-        self,
-        doing: str,
-        work: Callable[[psycopg.Connection[Any]], _T],
-        written: Callable[[psycopg.Connection[Any]], bool] | None = None,
-        done: _T | None = None,
-    ) -> _T:
-        """``work`` on a pooled connection. If the connection is lost, it is made again on a
-        new one, unless ``written`` finds that the lost attempt committed (then ``done``)."""
+    def _call(self, doing: str, work: Callable[[Connection, bool], _T]) -> _T:
+        """``work(connection, again)`` on a pooled connection; made again (``again`` true) on
+        a checked one if the connection is lost."""
         self._check_usable()
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 with self._pool.connection() as conn:
                     try:
-                        if attempt > 1 and written is not None and written(conn):
-                            return done  # type: ignore[return-value]
-                        return work(conn)
+                        return work(conn, attempt > 1)
                     except psycopg.Error as exc:
                         if not _lost(exc, conn) or attempt == _ATTEMPTS:
                             raise
                         logger.warning("%s: connection lost; trying again: %s", self._where, exc)
-            except psycopg_pool.PoolTimeout as exc:
-                raise StoreError(f"{self._where}: could not {doing}: {exc}") from exc
-            except psycopg.Error as exc:
+                self._pool.check()  # the other idle connections may be gone too
+            except psycopg.Error as exc:  # psycopg_pool.PoolTimeout included
                 raise StoreError(f"{self._where}: could not {doing}: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _acall(
-        self,
-        doing: str,
-        work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]],
-        written: Callable[[psycopg.AsyncConnection[Any]], Awaitable[bool]] | None = None,
-        done: _T | None = None,
+        self, doing: str, work: Callable[[AsyncConnection, bool], Awaitable[_T]]
     ) -> _T:
         """The async twin of :meth:`_call`."""
         pool = await self._async_pool()
@@ -330,15 +390,12 @@ class PostgresStore(ThreadStore):
             try:
                 async with pool.connection() as conn:
                     try:
-                        if attempt > 1 and written is not None and await written(conn):
-                            return done  # type: ignore[return-value]
-                        return await work(conn)
+                        return await work(conn, attempt > 1)
                     except psycopg.Error as exc:
                         if not _lost(exc, conn) or attempt == _ATTEMPTS:
                             raise
                         logger.warning("%s: connection lost; trying again: %s", self._where, exc)
-            except psycopg_pool.PoolTimeout as exc:
-                raise StoreError(f"{self._where}: could not {doing}: {exc}") from exc
+                await pool.check()
             except psycopg.Error as exc:
                 raise StoreError(f"{self._where}: could not {doing}: {exc}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
@@ -348,7 +405,7 @@ class PostgresStore(ThreadStore):
     def load(self, thread_id: str) -> MessageList:
         thread_id = check_thread_id(thread_id)
 
-        def work(conn: psycopg.Connection[Any]) -> list[str]:
+        def work(conn: Connection, again: bool) -> list[str]:
             return [row for (row,) in conn.execute(_LOAD, (thread_id,))]
 
         rows = self._call(f"load thread {thread_id!r}", work)
@@ -358,7 +415,7 @@ class PostgresStore(ThreadStore):
         """The async twin of :meth:`load`."""
         thread_id = check_thread_id(thread_id)
 
-        async def work(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+        async def work(conn: AsyncConnection, again: bool) -> list[str]:
             return [row for (row,) in await (await conn.execute(_LOAD, (thread_id,))).fetchall()]
 
         rows = await self._acall(f"load thread {thread_id!r}", work)
@@ -369,18 +426,18 @@ class PostgresStore(ThreadStore):
         rows = encode_messages(messages)
         if not rows:
             return
-        write_id = uuid.uuid4()
+        write = {"write": uuid.uuid4(), "thread": thread_id}
 
-        def work(conn: psycopg.Connection[Any]) -> None:
+        def work(conn: Connection, again: bool) -> None:
             with conn.transaction(), conn.cursor() as cursor:
                 cursor.execute(_LOCK, (thread_id,))
+                if again and _first(cursor.execute(_RECORDED, (write["write"],)).fetchone()):
+                    return
                 start = _first(cursor.execute(_NEXT, (thread_id,)).fetchone())
-                cursor.executemany(_INSERT, _numbered(thread_id, start, rows, write_id))
+                cursor.executemany(_INSERT, _numbered(thread_id, start, rows))
+                cursor.execute(_RECORD, write)
 
-        def written(conn: psycopg.Connection[Any]) -> bool:
-            return bool(_first(conn.execute(_WRITTEN, (write_id,)).fetchone()))
-
-        self._call(f"append to thread {thread_id!r}", work, written)
+        self._call(f"append to thread {thread_id!r}", work)
 
     async def aappend(self, thread_id: str, messages: Iterable[RawMessage]) -> None:
         """The async twin of :meth:`append`."""
@@ -388,39 +445,42 @@ class PostgresStore(ThreadStore):
         rows = encode_messages(messages)
         if not rows:
             return
-        write_id = uuid.uuid4()
+        write = {"write": uuid.uuid4(), "thread": thread_id}
 
-        async def work(conn: psycopg.AsyncConnection[Any]) -> None:
+        async def work(conn: AsyncConnection, again: bool) -> None:
             async with conn.transaction(), conn.cursor() as cursor:
                 await cursor.execute(_LOCK, (thread_id,))
+                if again and _first(
+                    await (await cursor.execute(_RECORDED, (write["write"],))).fetchone()
+                ):
+                    return
                 start = _first(await (await cursor.execute(_NEXT, (thread_id,))).fetchone())
-                await cursor.executemany(_INSERT, _numbered(thread_id, start, rows, write_id))
+                await cursor.executemany(_INSERT, _numbered(thread_id, start, rows))
+                await cursor.execute(_RECORD, write)
 
-        async def written(conn: psycopg.AsyncConnection[Any]) -> bool:
-            return bool(_first(await (await conn.execute(_WRITTEN, (write_id,))).fetchone()))
-
-        await self._acall(f"append to thread {thread_id!r}", work, written)
+        await self._acall(f"append to thread {thread_id!r}", work)
 
     def rewrite(self, thread_id: str, old: Sequence[RawMessage], new: Iterable[RawMessage]) -> bool:
         thread_id = check_thread_id(thread_id)
         expected, rows = encode_messages(old), encode_messages(new)
-        write_id = uuid.uuid4()
+        write = {"write": uuid.uuid4(), "thread": thread_id}
 
-        def work(conn: psycopg.Connection[Any]) -> bool:
+        def work(conn: Connection, again: bool) -> bool:
             with conn.transaction(), conn.cursor() as cursor:
                 cursor.execute(_LOCK, (thread_id,))
-                current = cursor.execute(_LOAD_FOR_REWRITE, (thread_id,)).fetchall()
-                plan = _rewritten(thread_id, current, expected, rows, write_id)
-                if plan is None:
+                if again and _first(cursor.execute(_RECORDED, (write["write"],)).fetchone()):
+                    return True
+                current = [row for (row,) in cursor.execute(_LOAD, (thread_id,))]
+                if not starts_with(current, expected):
                     return False
                 cursor.execute(_DELETE, (thread_id,))
-                cursor.executemany(_INSERT, plan)
+                cursor.executemany(
+                    _INSERT, _numbered(thread_id, 0, [*rows, *current[len(expected) :]])
+                )
+                cursor.execute(_RECORD, write)
                 return True
 
-        def written(conn: psycopg.Connection[Any]) -> bool:
-            return bool(rows) and bool(_first(conn.execute(_WRITTEN, (write_id,)).fetchone()))
-
-        return self._call(f"rewrite thread {thread_id!r}", work, written, True)
+        return self._call(f"rewrite thread {thread_id!r}", work)
 
     async def arewrite(
         self, thread_id: str, old: Sequence[RawMessage], new: Iterable[RawMessage]
@@ -428,28 +488,31 @@ class PostgresStore(ThreadStore):
         """The async twin of :meth:`rewrite`."""
         thread_id = check_thread_id(thread_id)
         expected, rows = encode_messages(old), encode_messages(new)
-        write_id = uuid.uuid4()
+        write = {"write": uuid.uuid4(), "thread": thread_id}
 
-        async def work(conn: psycopg.AsyncConnection[Any]) -> bool:
+        async def work(conn: AsyncConnection, again: bool) -> bool:
             async with conn.transaction(), conn.cursor() as cursor:
                 await cursor.execute(_LOCK, (thread_id,))
-                current = await (await cursor.execute(_LOAD_FOR_REWRITE, (thread_id,))).fetchall()
-                plan = _rewritten(thread_id, current, expected, rows, write_id)
-                if plan is None:
+                if again and _first(
+                    await (await cursor.execute(_RECORDED, (write["write"],))).fetchone()
+                ):
+                    return True
+                current = [
+                    row for (row,) in await (await cursor.execute(_LOAD, (thread_id,))).fetchall()
+                ]
+                if not starts_with(current, expected):
                     return False
                 await cursor.execute(_DELETE, (thread_id,))
-                await cursor.executemany(_INSERT, plan)
+                await cursor.executemany(
+                    _INSERT, _numbered(thread_id, 0, [*rows, *current[len(expected) :]])
+                )
+                await cursor.execute(_RECORD, write)
                 return True
 
-        async def written(conn: psycopg.AsyncConnection[Any]) -> bool:
-            if not rows:
-                return False
-            return bool(_first(await (await conn.execute(_WRITTEN, (write_id,))).fetchone()))
-
-        return await self._acall(f"rewrite thread {thread_id!r}", work, written, True)
+        return await self._acall(f"rewrite thread {thread_id!r}", work)
 
     def list_threads(self) -> list[str]:
-        def work(conn: psycopg.Connection[Any]) -> list[str]:
+        def work(conn: Connection, again: bool) -> list[str]:
             return [thread for (thread,) in conn.execute(_LIST)]
 
         return self._call("list threads", work)
@@ -457,29 +520,43 @@ class PostgresStore(ThreadStore):
     async def alist_threads(self) -> list[str]:
         """The async twin of :meth:`list_threads`."""
 
-        async def work(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+        async def work(conn: AsyncConnection, again: bool) -> list[str]:
             return [thread for (thread,) in await (await conn.execute(_LIST)).fetchall()]
 
         return await self._acall("list threads", work)
 
     def delete(self, thread_id: str) -> bool:
         thread_id = check_thread_id(thread_id)
+        write = {"write": uuid.uuid4(), "thread": thread_id}
 
-        def work(conn: psycopg.Connection[Any]) -> bool:
+        def work(conn: Connection, again: bool) -> bool:
             with conn.transaction(), conn.cursor() as cursor:
                 cursor.execute(_LOCK, (thread_id,))
-                return cursor.execute(_DELETE, (thread_id,)).rowcount > 0
+                if again and _first(cursor.execute(_RECORDED, (write["write"],)).fetchone()):
+                    return True
+                if cursor.execute(_DELETE, (thread_id,)).rowcount == 0:
+                    return False
+                cursor.execute(_RECORD, write)
+                return True
 
         return self._call(f"delete thread {thread_id!r}", work)
 
     async def adelete(self, thread_id: str) -> bool:
         """The async twin of :meth:`delete`."""
         thread_id = check_thread_id(thread_id)
+        write = {"write": uuid.uuid4(), "thread": thread_id}
 
-        async def work(conn: psycopg.AsyncConnection[Any]) -> bool:
+        async def work(conn: AsyncConnection, again: bool) -> bool:
             async with conn.transaction(), conn.cursor() as cursor:
                 await cursor.execute(_LOCK, (thread_id,))
-                return (await cursor.execute(_DELETE, (thread_id,))).rowcount > 0
+                if again and _first(
+                    await (await cursor.execute(_RECORDED, (write["write"],))).fetchone()
+                ):
+                    return True
+                if (await cursor.execute(_DELETE, (thread_id,))).rowcount == 0:
+                    return False
+                await cursor.execute(_RECORD, write)
+                return True
 
         return await self._acall(f"delete thread {thread_id!r}", work)
 
@@ -494,42 +571,56 @@ class PostgresStore(ThreadStore):
 
     def known(self, fact: str) -> list[str]:
         """The subjects stored for ``fact`` (e.g. the models known to reject prefill), sorted."""
+        fact = _check_name("fact", fact)
 
-        def work(conn: psycopg.Connection[Any]) -> list[str]:
+        def work(conn: Connection, again: bool) -> list[str]:
             return [subject for (subject,) in conn.execute(_KNOWN, (fact,))]
 
         return self._call(f"read what is known of {fact!r}", work)
 
     def remember(self, fact: str, subject: str) -> None:
         """Store that ``fact`` holds for ``subject``; storing it again changes nothing."""
+        fact, subject = _check_name("fact", fact), _check_name("subject", subject)
 
-        def work(conn: psycopg.Connection[Any]) -> None:
+        def work(conn: Connection, again: bool) -> None:
             conn.execute(_REMEMBER, (fact, subject))
 
         self._call(f"remember {fact!r} of {subject!r}", work)
+
+
+_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, false)"
+
+
+def _parsed(conninfo: str) -> dict[str, Any]:
+    """The parts of ``conninfo``, or a ``ValueError`` that does not repeat it (it may hold a
+    password)."""
+    try:
+        parts = conninfo_to_dict(conninfo)
+    except Exception:
+        raise ValueError(
+            "conninfo is not a PostgreSQL URL or connection string (in a URL, percent-encode "
+            "'@', ':', '/' and '%' in the user name and password)"
+        ) from None
+    if "@" in str(parts.get("host") or ""):
+        raise ValueError(
+            "conninfo's host holds an '@': percent-encode '@' in the password (as %40)"
+        )
+    return parts
+
+
+def _check_name(what: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{what} must be a non-empty str, got {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} must be valid Unicode text, got {value!r}") from None
+    return value
 
 
 def _first(row: tuple[Any, ...] | None) -> Any:
     return None if row is None else row[0]
 
 
-def _numbered(
-    thread_id: str, start: int, rows: Sequence[str], write_id: uuid.UUID
-) -> list[tuple[str, int, str, uuid.UUID]]:
-    return [(thread_id, start + offset, row, write_id) for offset, row in enumerate(rows)]
-
-
-def _rewritten(
-    thread_id: str,
-    current: Sequence[tuple[str, uuid.UUID]],
-    expected: Sequence[str],
-    rows: Sequence[str],
-    write_id: uuid.UUID,
-) -> list[tuple[str, int, str, uuid.UUID]] | None:
-    """The thread's rows after replacing ``expected`` with ``rows`` (``None`` if it no longer
-    starts with ``expected``). The messages after them keep their own write ids, so a lost
-    append of another run is still found as written."""
-    if not starts_with([message for message, _ in current], expected):
-        return None
-    kept = [(row, write_id) for row in rows] + list(current[len(expected) :])
-    return [(thread_id, seq, row, tag) for seq, (row, tag) in enumerate(kept)]
+def _numbered(thread_id: str, start: int, rows: Sequence[str]) -> list[tuple[str, int, str]]:
+    return [(thread_id, start + offset, row) for offset, row in enumerate(rows)]

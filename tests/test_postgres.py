@@ -72,6 +72,7 @@ def test_a_new_database_gets_schema_1(conninfo: str) -> None:
         ("prefill_guard_knowledge",),
         ("prefill_guard_schema",),
         ("prefill_guard_thread_messages",),
+        ("prefill_guard_writes",),
     ]
 
 
@@ -157,6 +158,8 @@ class FlakyProxy:
         self.target = target
         self.drop_after_commit = 0
         """How many connections to cut right after they send COMMIT."""
+        self.commit_delay = 0.0
+        """With a drop: cut the client first, and pass its COMMIT on this much later."""
         self.dropped = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -195,6 +198,9 @@ class FlakyProxy:
                     continue
                 if b"COMMIT" in data and self._take_drop():
                     muted.set()
+                    if self.commit_delay:  # the client hears nothing; the COMMIT arrives late
+                        _cut(source)
+                        time.sleep(self.commit_delay)
                     sink.sendall(data)
                     time.sleep(0.2)  # the server commits; its answer is never forwarded
                     break
@@ -343,19 +349,25 @@ async def test_the_async_twins_read_and_write_like_the_sync_methods(conninfo: st
 
 def test_async_calls_belong_to_one_event_loop(conninfo: str) -> None:
     """The async pool opens in the first event loop that uses it: another loop is told to open
-    its own store, and close() is told to use aclose()."""
+    its own store, close() from inside the running loop is told to use aclose(), and close()
+    from outside it closes both pools."""
     store = PostgresStore(conninfo)
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(store.aappend("t1", [USER]))
         with pytest.raises(StoreError, match="belong to another event loop"):
             asyncio.run(store.aload("t1"))
-        with pytest.raises(StoreError, match=r"await store\.aclose\(\)"):
-            store.close()
-        loop.run_until_complete(store.aclose())
+
+        async def close_inside() -> None:
+            with pytest.raises(StoreError, match=r"await store\.aclose\(\)"):
+                store.close()
+
+        loop.run_until_complete(close_inside())
+        store.close()  # the loop is not running: its pool is closed in it
+        with pytest.raises(StoreError, match="closed"):
+            loop.run_until_complete(store.aload("t1"))
     finally:
         loop.close()
-    store.close()  # closed already: a no-op
 
 
 class SyncCallsRefused(PostgresStore):  # type: ignore[misc,valid-type]
@@ -396,3 +408,131 @@ def test_repr_names_server_and_database_but_never_the_password(conninfo: str) ->
         assert store.server == f"{parts['host']}:{parts['port']}"
         assert repr(store) == f"PostgresStore(server={store.server!r}, database={store.database!r})"
         assert str(parts.get("password")) not in repr(store)
+
+
+def test_a_delayed_commit_of_a_lost_append_is_waited_for_not_repeated(
+    proxy: tuple[FlakyProxy, str],
+) -> None:
+    """The client is cut off and its COMMIT reaches the server half a second later: the attempt
+    made again waits for that session's lock, then finds its write and writes nothing."""
+    flaky, through = proxy
+    with PostgresStore(through) as store:
+        store.append("t1", [USER])
+        flaky.drop_after_commit, flaky.commit_delay = 1, 0.5
+        store.append("t1", [REPLY])
+        assert flaky.dropped == 1
+        assert list(store.load("t1")) == [USER, REPLY]
+
+
+@pytest.mark.parametrize("operation", ["rewrite to nothing", "delete"])
+def test_a_write_leaving_no_message_whose_answer_was_lost_reports_it_done(
+    proxy: tuple[FlakyProxy, str], operation: str
+) -> None:
+    """Writes are recorded apart from the messages, so a rewrite to nothing or a delete whose
+    answer was lost is still found as done (True), and nothing else is removed."""
+    flaky, through = proxy
+    with PostgresStore(through) as store:
+        store.append("t1", [USER, USER, REPLY])
+        flaky.drop_after_commit = 1
+        if operation == "delete":
+            assert store.delete("t1") is True
+            assert store.list_threads() == []
+        else:
+            assert store.rewrite("t1", [USER], []) is True
+            assert list(store.load("t1")) == [USER, REPLY]
+        assert flaky.dropped == 1
+
+
+def test_a_write_made_again_after_another_run_rewrote_the_thread_is_not_repeated(
+    proxy: tuple[FlakyProxy, str], conninfo: str
+) -> None:
+    """Between the lost answer and the attempt made again, another run rewrites the messages
+    just appended: the write is found in the store's record of writes, not in the rows."""
+    flaky, through = proxy
+    with PostgresStore(through) as store, PostgresStore(conninfo) as other:
+        store.append("t1", [USER])
+        flaky.drop_after_commit, flaky.commit_delay = 1, 0.3
+        appending = threading.Thread(target=store.append, args=("t1", [REPLY]))
+        appending.start()
+        deadline = time.monotonic() + 5
+        while len(other.load("t1")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        edited = {**REPLY, "content": "edited"}
+        assert other.rewrite("t1", [USER, REPLY], [USER, edited]) is True
+        appending.join(10)
+        assert list(store.load("t1")) == [USER, edited]
+
+
+def test_stale_connections_are_replaced_after_the_server_drops_them_all(conninfo: str) -> None:
+    """After every connection of the pool is terminated (a server restart), the next call
+    succeeds on a new one instead of trying the other stale ones."""
+    named = psycopg.conninfo.make_conninfo(conninfo, application_name="pg-stale-test")
+    with PostgresStore(named, max_connections=4) as store:
+        threads = [threading.Thread(target=store.load, args=("t1",)) for _ in range(8)]
+        for each in threads:
+            each.start()
+        for each in threads:
+            each.join()
+        with psycopg.connect(conninfo, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'pg-stale-test'"
+            )
+        store.append("t1", [USER])
+        assert list(store.load("t1")) == [USER]
+
+
+def test_a_thread_locked_longer_than_the_timeout_is_a_store_error(conninfo: str) -> None:
+    """Another session holds the thread's lock: a write waits ``timeout`` seconds, then fails
+    naming the thread, having written nothing."""
+    with PostgresStore(conninfo, timeout=1) as store, psycopg.connect(conninfo) as holder:
+        holder.execute(postgres._LOCK, ("t1",))
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=r"could not append to thread 't1'.*lock timeout"):
+            store.append("t1", [USER])
+        assert 0.9 < time.monotonic() - started < 5
+        holder.rollback()
+        assert store.load("t1") == MessageList()
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("text", "'abc'", "holds 'abc', not a thread store schema version"),
+        ("integer", "-3", "holds -3, not a thread store schema version"),
+    ],
+)
+def test_a_schema_table_that_is_not_ours_is_refused_untouched(
+    conninfo: str, column: str, value: str, message: str
+) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE prefill_guard_schema (version {column})")
+        conn.execute(f"INSERT INTO prefill_guard_schema VALUES ({value})")
+    with pytest.raises(StoreError, match=message):
+        PostgresStore(conninfo)
+    with psycopg.connect(conninfo) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+        ).fetchall()
+    assert tables == [("prefill_guard_schema",)]
+
+
+@pytest.mark.parametrize(
+    "conninfo_text",
+    ["postgresql://u:pa%ss@127.0.0.1:1/db", "postgresql://u:pa@ss@127.0.0.1:1/db"],
+)
+def test_a_password_that_is_not_percent_encoded_is_refused_without_repeating_it(
+    conninfo_text: str,
+) -> None:
+    with pytest.raises(ValueError, match="percent-encode") as caught:
+        PostgresStore(conninfo_text)
+    assert "ss" not in str(caught.value).replace("password", "")
+
+
+def test_knowledge_names_are_checked(conninfo: str) -> None:
+    with PostgresStore(conninfo) as store:
+        with pytest.raises(TypeError, match="subject must be a non-empty str"):
+            store.remember("rejects-prefill", 123)
+        with pytest.raises(ValueError, match="valid Unicode"):
+            store.remember("rejects-prefill", "\ud800")
+        assert store.known("rejects-prefill") == []
