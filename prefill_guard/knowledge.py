@@ -10,7 +10,9 @@ learned from its first rejection, and no client or Agent of the process pays for
 from __future__ import annotations
 
 import logging
+import math
 import threading
+import time
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +24,10 @@ logger = logging.getLogger("prefill_guard")
 
 REJECTS_PREFILL = "rejects-prefill"
 """The fact a :class:`KnowledgeStore` keeps for each model known to reject prefill."""
+RECHECK_SECONDS = 5.0
+"""A model the shared store did not know is looked up there again after this long, not before."""
+BACKOFF_SECONDS = 30.0
+"""After a store error, the shared store is not read again for this long."""
 
 
 @runtime_checkable
@@ -46,28 +52,36 @@ class PrefillKnowledge:
     failed request on another.
     """
 
-    __slots__ = ("_builtin", "_lock", "_models", "_store")
+    __slots__ = ("_builtin", "_lock", "_looked_up", "_models", "_quiet_until", "_store")
 
     def __init__(self, models: Iterable[str] = (), *, builtin: bool = True) -> None:
         self._builtin = builtin
         self._lock = threading.Lock()
         self._models: set[str] = set()
         self._store: KnowledgeStore | None = None
+        self._looked_up: dict[str, float] = {}
+        """When each model was last looked up in the store and not found (monotonic time)."""
+        self._quiet_until = 0.0
+        """No store reads before this (monotonic time): the store failed."""
         self.preload(models)
 
     def share(self, store: KnowledgeStore | None) -> None:
         """Keep what is learned in ``store`` as well, and read what other processes stored
         there: each model learned there, by any process, costs no rejected request here.
 
-        What the store holds is read now, and again whenever a model not known here is asked
-        about (a request ending with an assistant turn to such a model reads the store once);
-        each model learned here is written at once. ``share(None)`` stops sharing. A store
-        error while reading or writing is logged and the knowledge goes on without it.
+        What the store holds is read now, and again when a model not known here is asked about
+        (a request ending with an assistant turn to such a model): at most once per model every
+        ``RECHECK_SECONDS``. Each model learned here is written at once. These are synchronous
+        calls, short on a healthy database; a store error is logged, the knowledge goes on
+        without the store, and it is not read again for ``BACKOFF_SECONDS``. ``share(None)``
+        stops sharing.
         """
         if store is not None and not isinstance(store, KnowledgeStore):
             raise TypeError(f"store must be a KnowledgeStore (e.g. PostgresStore), got {store!r}")
         with self._lock:
             self._store = store
+            self._looked_up.clear()
+            self._quiet_until = 0.0
         self._refresh()
 
     def rejects_prefill(self, model: str) -> bool:
@@ -98,17 +112,27 @@ class PrefillKnowledge:
 
     def _refresh(self, model: str | None = None) -> bool:
         """Read the shared store's models into this knowledge; whether ``model`` is among them."""
-        store = self._store
-        if store is None:
-            return False
+        now = time.monotonic()
+        with self._lock:
+            store = self._store
+            recent = model is not None and now - self._looked_up.get(model, -math.inf) < (
+                RECHECK_SECONDS
+            )
+            if store is None or recent or now < self._quiet_until:
+                return False
         try:
             stored = store.known(REJECTS_PREFILL)
         except Exception as exc:
+            with self._lock:
+                self._quiet_until = now + BACKOFF_SECONDS
             logger.warning("could not read the models known to reject prefill: %s", exc)
             return False
         with self._lock:
             self._models.update(stored)
-            return model in self._models
+            if model is None or model in self._models:
+                return model is not None
+            self._looked_up[model] = now
+            return False
 
     def preload(self, models: Iterable[str]) -> None:
         """Add model names known (from a previous run, or configuration) to reject prefill."""
@@ -132,6 +156,7 @@ class PrefillKnowledge:
         with self._lock:
             self._models.clear()
             self._store = None
+            self._looked_up.clear()
 
 
 _SHARED = PrefillKnowledge()

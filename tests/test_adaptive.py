@@ -19,6 +19,7 @@ from prefill_guard import (
     guard,
     shared_knowledge,
 )
+from prefill_guard import knowledge as knowledge_module
 from prefill_guard.knowledge import REJECTS_PREFILL, PrefillKnowledge
 from prefill_guard.testing import PREFILL_MESSAGE, AnthropicEmulator, Fault
 
@@ -390,3 +391,49 @@ def test_share_none_or_clear_stops_sharing(knowledge_store: Any) -> None:
 def test_share_refuses_what_is_not_a_knowledge_store() -> None:
     with pytest.raises(TypeError, match="store must be a KnowledgeStore"):
         PrefillKnowledge().share(MemoryStore())  # type: ignore[arg-type]
+
+
+class CountingKnowledgeStore:
+    """A KnowledgeStore in memory that counts its reads and can be made to fail."""
+
+    def __init__(self) -> None:
+        self.facts: set[tuple[str, str]] = set()
+        self.reads = 0
+        self.failing = False
+
+    def known(self, fact: str) -> list[str]:
+        self.reads += 1
+        if self.failing:
+            raise OSError("the database is unreachable")
+        return sorted(subject for f, subject in self.facts if f == fact)
+
+    def remember(self, fact: str, subject: str) -> None:
+        self.facts.add((fact, subject))
+
+
+def test_a_model_the_store_does_not_know_is_looked_up_once_per_recheck_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Requests ending with an assistant turn to a model that accepts prefill do not read the
+    store each time: once, then again only after RECHECK_SECONDS."""
+    store = CountingKnowledgeStore()
+    knowledge = PrefillKnowledge()
+    knowledge.share(store)
+    assert store.reads == 1  # sharing reads what the store holds
+    for _ in range(5):
+        assert not knowledge.rejects_prefill("acme-accepts")
+    assert store.reads == 2
+    monkeypatch.setattr(knowledge_module, "RECHECK_SECONDS", 0.0)
+    store.remember(REJECTS_PREFILL, "acme-accepts")  # another process learned it meanwhile
+    assert knowledge.rejects_prefill("acme-accepts")
+    assert store.reads == 3
+
+
+def test_after_a_store_error_the_store_is_left_alone_for_the_backoff() -> None:
+    store = CountingKnowledgeStore()
+    knowledge = PrefillKnowledge()
+    knowledge.share(store)
+    store.failing = True
+    assert not knowledge.rejects_prefill("acme-1")
+    assert not knowledge.rejects_prefill("acme-2")
+    assert store.reads == 2  # the share() read and the failed one; acme-2 waits out the backoff
