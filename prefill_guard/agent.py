@@ -24,7 +24,7 @@ from .params import SAMPLING_PARAMETERS
 from .processors import default_processors
 from .retries import OnRetry, RetryPolicy
 from .run import AnyProcessor, Pipeline, Run, RunResult, arun_steps, run_steps
-from .stores import AsyncThreadStore, StoreError, ThreadStore
+from .stores import AsyncThreadStore, StoreError, ThreadStore, check_thread_id
 from .streaming import AgentStream, AsyncAgentStream
 from .tools import Toolbox
 
@@ -238,14 +238,17 @@ class Agent:
     ) -> AsyncAgentStream:
         """The async twin of :meth:`stream`: ``async with agent.astream(messages) as stream:``.
 
-        The arguments are checked here; with ``thread_id``, the thread is read when the block
-        is entered, and each completed step saved, as in :meth:`agenerate`.
+        The arguments and the new input are checked here; with ``thread_id``, the input is saved
+        and the thread read when the block is entered, and each completed step saved, as in
+        :meth:`agenerate`.
         """
         client = self._async_client_for("astream")
         if thread_id is None:
             run = self._start("astream", messages, params, None)
             return AsyncAgentStream(client, functools.partial(_ready, run))
-        self._check_call("astream", params, thread_id)
+        caller = self._check_call("astream", params, thread_id)
+        check_thread_id(thread_id)
+        _new_input(messages, caller)  # refused here, as without a thread; saved when entered
         return AsyncAgentStream(
             client, functools.partial(self._astart, "astream", messages, params, thread_id)
         )

@@ -208,18 +208,22 @@ def _read_line(stdin: TextIO) -> str:
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def _open_store(location: str, *, existing: bool) -> tuple[ThreadStore, str]:
-    """The store at ``location`` (a PostgreSQL URL, or an SQLite file's path), and how to name
-    it in a message (never with a password). ``existing``: a missing SQLite file is a usage
-    error instead of a new file."""
-    if location.startswith(POSTGRES_SCHEMES):
+def _open_store(args: argparse.Namespace, *, existing: bool) -> tuple[ThreadStore, str]:
+    """The store of ``--store`` (a PostgreSQL URL, or an SQLite file's path) or ``--db`` (an
+    SQLite file's path), and how to name it in a message (never with a password).
+    ``existing``: a missing SQLite file is a usage error instead of a new file."""
+    location: str = args.db if args.db is not None else args.store
+    if args.db is None and location.startswith(POSTGRES_SCHEMES):
         try:
             postgres = importlib.import_module("prefill_guard.postgres")
         except ImportError:
             raise UsageError(
                 "a PostgreSQL store needs psycopg: pip install 'prefill-guard[postgres]'"
             ) from None
-        store = postgres.PostgresStore(location)
+        try:
+            store = postgres.PostgresStore(location)
+        except ValueError as exc:  # a URL libpq cannot read (the message never repeats it)
+            raise UsageError(str(exc)) from None
         return store, f"database {store.database!r} at {store.server}"
     if existing and not Path(location).exists():
         raise UsageError(f"{location}: no such thread database")
@@ -230,7 +234,7 @@ def _run_chat(args: argparse.Namespace, out: TextIO) -> int:
     interactive = sys.stdin.isatty()
     stdin = _strict_stdin()
     with contextlib.ExitStack() as stack:
-        store, _ = _open_store(args.store, existing=False)
+        store, _ = _open_store(args, existing=False)
         stack.enter_context(contextlib.closing(store))
         client = _chat_client(args, stack)
         agent = Agent(args.model, client=client, store=store, error_processors=default_processors())
@@ -269,7 +273,7 @@ def _run_chat(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _run_history(args: argparse.Namespace, out: TextIO) -> int:
-    store, name = _open_store(args.store, existing=True)
+    store, name = _open_store(args, existing=True)
     with contextlib.closing(store):
         messages = store.recall(args.thread, include_system_reminders=args.raw)
         if not messages and args.thread not in store.list_threads():
@@ -373,7 +377,7 @@ def _store_arguments(command: argparse.ArgumentParser, new: str) -> None:
         metavar="URL_OR_PATH",
         help=f"where the thread is: a postgresql:// URL, or an SQLite file's path {new}".strip(),
     )
-    where.add_argument("--db", dest="store", metavar="PATH", help="an SQLite file's path")
+    where.add_argument("--db", metavar="PATH", help="an SQLite file's path")
 
 
 _COMMANDS = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -557,7 +558,8 @@ class Run:
 
     The loops (:func:`run_steps`, :func:`arun_steps`) make a :class:`Step` per model call with
     :meth:`next_step`, and report each reply with :meth:`step_done`. They call ``on_step``
-    after each completed step (a thread saves it), and in async code ``aon_step``, its twin;
+    after each completed step (a thread saves it), and in async code ``aon_step``, its twin
+    (by default ``on_step`` in a worker thread);
     ``max_steps`` bounds the model calls.
     """
 
@@ -579,6 +581,8 @@ class Run:
         self.toolbox = toolbox if toolbox is not None else Toolbox()
         self.on_step = on_step
         self.aon_step = aon_step
+        if aon_step is None and on_step is not None:  # a store may block: off the event loop
+            self.aon_step = functools.partial(asyncio.to_thread, on_step)
         self._pipeline = pipeline
         self._policy = policy
         self._max_steps = max_steps

@@ -329,6 +329,23 @@ def test_empty_input_to_a_thread_is_a_clear_error(
     assert store.list_threads() == []
 
 
+async def test_astream_refuses_bad_input_to_a_thread_when_called(
+    anthropic_emulator: AnthropicEmulator, store: Any
+) -> None:
+    """astream(..., thread_id=...) checks the new input and the thread id at the call, as it
+    does without a thread, before anything is saved or sent."""
+    async with anthropic_emulator.async_client() as client:
+        agent = _agent(anthropic_emulator, store, client)
+        with pytest.raises(ValueError, match="messages is empty"):
+            agent.astream([], thread_id="t1")
+        with pytest.raises(ValueError, match="role"):
+            agent.astream([{"role": "system", "content": "x"}], thread_id="t1")
+        with pytest.raises(ValueError, match="non-blank"):
+            agent.astream("hi", thread_id=" ")
+    assert store.list_threads() == []
+    assert anthropic_emulator.message_requests == []
+
+
 @pytest.mark.parametrize("driver", ["stream", "astream"])
 async def test_a_stream_left_at_message_stop_is_stored_and_has_a_result(
     anthropic_emulator: AnthropicEmulator, store: Any, driver: str

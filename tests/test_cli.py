@@ -370,3 +370,12 @@ def test_history_of_an_unknown_postgres_thread_names_the_database_not_the_passwo
         "has no thread 'nope'"
     )
     assert parts["password"] not in result.stderr
+
+
+def test_a_postgres_url_libpq_cannot_read_is_a_usage_error_without_the_password() -> None:
+    result = _run(
+        "history", "--store", "postgresql://u:pa%zzsecret@127.0.0.1:1/db", "--thread", "t"
+    )
+    assert result.returncode == 2
+    assert "percent-encode" in result.stderr
+    assert "secret" not in result.stderr
