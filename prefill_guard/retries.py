@@ -25,6 +25,7 @@ import httpx2
 from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponential, wait_random
 
 from .errors import api_error_type
+from .telemetry import record_event
 
 __all__ = [
     "OnRetry",
@@ -204,7 +205,17 @@ class RetryPolicy:
 
     def report(self, details: RetryDetails) -> None:
         """Log the retry at INFO (no message contents, no key; the fields in ``extra``, for
-        structured logging) and call every hook."""
+        structured logging), add it to the current span as an event, and call every hook."""
+        fields = {
+            "prefill_guard.event": "prefill_guard.retry",
+            "prefill_guard.retry.kind": details.kind,
+            "prefill_guard.processor.id": details.processor_id,
+            "prefill_guard.attempt": details.attempt,
+            "prefill_guard.retry.wait": details.wait,
+            "prefill_guard.request_id": details.request_id,
+            "error.type": type(details.error).__name__,
+            "http.response.status_code": getattr(details.error, "status_code", None),
+        }
         logger.info(
             "retrying (%s%s) after %s%s, request id %s, attempt %d failed; waiting %.2fs",
             details.kind,
@@ -214,17 +225,9 @@ class RetryPolicy:
             details.request_id,
             details.attempt,
             details.wait,
-            extra={
-                "prefill_guard.event": "prefill_guard.retry",
-                "prefill_guard.retry.kind": details.kind,
-                "prefill_guard.processor.id": details.processor_id,
-                "prefill_guard.attempt": details.attempt,
-                "prefill_guard.retry.wait": details.wait,
-                "prefill_guard.request_id": details.request_id,
-                "error.type": type(details.error).__name__,
-                "http.response.status_code": getattr(details.error, "status_code", None),
-            },
+            extra=fields,
         )
+        record_event("prefill_guard.retry", fields)
         for hook in self.on_retry:
             try:
                 hook(details)

@@ -37,6 +37,7 @@ from .contract import (
 )
 from .messages import MessageList, Snapshot
 from .retries import RetryDetails, RetryPolicy, TransientBudget
+from .telemetry import record_event
 from .tools import Toolbox, ToolCall
 
 __all__ = [
@@ -675,20 +676,22 @@ def _log_repair(
     if messages_after == messages_before and after == before:
         return
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    fields = {
+        "prefill_guard.event": "prefill_guard.repair",
+        "prefill_guard.processor.id": owner,
+        "prefill_guard.repair.messages_before": len(messages_before),
+        "prefill_guard.repair.messages_after": len(messages_after),
+        "prefill_guard.repair.params": changed,
+    }
     logger.info(
         "processor %r changed the request before sending: messages %d -> %d, parameters %s",
         owner,
         len(messages_before),
         len(messages_after),
         changed or "unchanged",
-        extra={
-            "prefill_guard.event": "prefill_guard.repair",
-            "prefill_guard.processor.id": owner,
-            "prefill_guard.repair.messages_before": len(messages_before),
-            "prefill_guard.repair.messages_after": len(messages_after),
-            "prefill_guard.repair.params": changed,
-        },
+        extra=fields,
     )
+    record_event("prefill_guard.repair", fields)
 
 
 def run_steps(run: Run, send: Callable[[dict[str, Any]], Message]) -> RunResult:
