@@ -14,10 +14,7 @@ import importlib
 import importlib.util
 import multiprocessing
 import os
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from multiprocessing.synchronize import Event
 from typing import Any
 
@@ -98,20 +95,6 @@ def _deployment(
     return [by_process[index] for index in range(PROCESSES)]
 
 
-@contextmanager
-def _database(url: str) -> Iterator[str]:
-    """A connection string to a new, empty schema on the server at ``url``, dropped after."""
-    psycopg = importlib.import_module("psycopg")
-    schema = f"bench_{uuid.uuid4().hex}"
-    with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield psycopg.conninfo.make_conninfo(url, options=f"-csearch_path={schema}")
-    finally:
-        with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-
 def run(config: Config) -> Section:
     section = Section("shared_knowledge", "7. Learned knowledge shared by 4 processes")
     conversations = config.pick(1000, 40)
@@ -123,7 +106,11 @@ def run(config: Config) -> Section:
         section.check("postgres" not in required, reason)
         return section
     section.data = {"conversations": conversations, "processes": PROCESSES, "scenarios": {}}
-    with emulator_process() as emulator, _database(url) as conninfo:
+    postgres_testing = importlib.import_module("prefill_guard.testing.postgres")
+    with (
+        emulator_process() as emulator,
+        postgres_testing.temporary_schema(url, "bench") as conninfo,
+    ):
         scenarios = [
             ("shared through PostgreSQL (share(store))", conninfo, "2 for the very first, then 1"),
             ("each process on its own (no store)", None, "2 for each process's first, then 1"),

@@ -93,6 +93,8 @@ class PrefillKnowledge:
         with self._lock:
             if model in self._models:
                 return True
+            if self._store is None:
+                return False
         return self._refresh(model)
 
     def learn(self, model: str) -> bool:

@@ -88,6 +88,8 @@ _LOCK = (
 """Every write to a thread first takes the thread's lock, held until its transaction ends:
 writes to one thread queue there, so their numbers never clash (two threads whose ids hash
 alike only queue together)."""
+_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, false)"
+"""Set on each new connection: a thread's lock is waited for no longer than ``timeout``."""
 _LOAD = "SELECT message FROM prefill_guard_thread_messages WHERE thread_id = %s ORDER BY seq"
 _NEXT = "SELECT COALESCE(max(seq) + 1, 0) FROM prefill_guard_thread_messages WHERE thread_id = %s"
 _INSERT = "INSERT INTO prefill_guard_thread_messages (thread_id, seq, message) VALUES (%s, %s, %s)"
@@ -431,7 +433,7 @@ class PostgresStore(ThreadStore):
         def work(conn: Connection, again: bool) -> None:
             with conn.transaction(), conn.cursor() as cursor:
                 cursor.execute(_LOCK, (thread_id,))
-                if again and _first(cursor.execute(_RECORDED, (write["write"],)).fetchone()):
+                if again and _recorded(cursor, write):
                     return
                 start = _first(cursor.execute(_NEXT, (thread_id,)).fetchone())
                 cursor.executemany(_INSERT, _numbered(thread_id, start, rows))
@@ -450,9 +452,7 @@ class PostgresStore(ThreadStore):
         async def work(conn: AsyncConnection, again: bool) -> None:
             async with conn.transaction(), conn.cursor() as cursor:
                 await cursor.execute(_LOCK, (thread_id,))
-                if again and _first(
-                    await (await cursor.execute(_RECORDED, (write["write"],))).fetchone()
-                ):
+                if again and await _arecorded(cursor, write):
                     return
                 start = _first(await (await cursor.execute(_NEXT, (thread_id,))).fetchone())
                 await cursor.executemany(_INSERT, _numbered(thread_id, start, rows))
@@ -468,7 +468,7 @@ class PostgresStore(ThreadStore):
         def work(conn: Connection, again: bool) -> bool:
             with conn.transaction(), conn.cursor() as cursor:
                 cursor.execute(_LOCK, (thread_id,))
-                if again and _first(cursor.execute(_RECORDED, (write["write"],)).fetchone()):
+                if again and _recorded(cursor, write):
                     return True
                 current = [row for (row,) in cursor.execute(_LOAD, (thread_id,))]
                 if not starts_with(current, expected):
@@ -493,9 +493,7 @@ class PostgresStore(ThreadStore):
         async def work(conn: AsyncConnection, again: bool) -> bool:
             async with conn.transaction(), conn.cursor() as cursor:
                 await cursor.execute(_LOCK, (thread_id,))
-                if again and _first(
-                    await (await cursor.execute(_RECORDED, (write["write"],))).fetchone()
-                ):
+                if again and await _arecorded(cursor, write):
                     return True
                 current = [
                     row for (row,) in await (await cursor.execute(_LOAD, (thread_id,))).fetchall()
@@ -532,7 +530,7 @@ class PostgresStore(ThreadStore):
         def work(conn: Connection, again: bool) -> bool:
             with conn.transaction(), conn.cursor() as cursor:
                 cursor.execute(_LOCK, (thread_id,))
-                if again and _first(cursor.execute(_RECORDED, (write["write"],)).fetchone()):
+                if again and _recorded(cursor, write):
                     return True
                 if cursor.execute(_DELETE, (thread_id,)).rowcount == 0:
                     return False
@@ -549,9 +547,7 @@ class PostgresStore(ThreadStore):
         async def work(conn: AsyncConnection, again: bool) -> bool:
             async with conn.transaction(), conn.cursor() as cursor:
                 await cursor.execute(_LOCK, (thread_id,))
-                if again and _first(
-                    await (await cursor.execute(_RECORDED, (write["write"],))).fetchone()
-                ):
+                if again and await _arecorded(cursor, write):
                     return True
                 if (await cursor.execute(_DELETE, (thread_id,))).rowcount == 0:
                     return False
@@ -588,9 +584,6 @@ class PostgresStore(ThreadStore):
         self._call(f"remember {fact!r} of {subject!r}", work)
 
 
-_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', %s, false)"
-
-
 def _parsed(conninfo: str) -> dict[str, Any]:
     """The parts of ``conninfo``, or a ``ValueError`` that does not repeat it (it may hold a
     password)."""
@@ -616,6 +609,15 @@ def _check_name(what: str, value: object) -> str:
     except UnicodeEncodeError:
         raise ValueError(f"{what} must be valid Unicode text, got {value!r}") from None
     return value
+
+
+def _recorded(cursor: psycopg.Cursor[Any], write: dict[str, Any]) -> bool:
+    """Whether ``write`` was committed (by an attempt whose answer was lost)."""
+    return bool(_first(cursor.execute(_RECORDED, (write["write"],)).fetchone()))
+
+
+async def _arecorded(cursor: psycopg.AsyncCursor[Any], write: dict[str, Any]) -> bool:
+    return bool(_first(await (await cursor.execute(_RECORDED, (write["write"],))).fetchone()))
 
 
 def _first(row: tuple[Any, ...] | None) -> Any:

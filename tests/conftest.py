@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,15 +73,8 @@ def postgres_schema() -> Iterator[str]:
     """A connection string whose tables live in a new, empty schema, dropped afterwards: each
     test sees a database of its own on the one server."""
     url = postgres_url()
-    psycopg = require("psycopg")
-    schema = f"test_{uuid.uuid4().hex}"
-    with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield psycopg.conninfo.make_conninfo(url, options=f"-csearch_path={schema}")
-    finally:
-        with psycopg.connect(url, autocommit=True) as admin:
-            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    with require("prefill_guard.testing.postgres").temporary_schema(url) as conninfo:
+        yield conninfo
 
 
 @contextmanager
