@@ -20,6 +20,7 @@ from . import (
     scale,
     shared_knowledge,
     streaming,
+    telemetry,
     tool_loop,
 )
 from .common import Config, Section, child_environment, machine, write_json
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, Callable[[Config], Section]] = {
     "long": long_conversations.run,
     "tool-loop": tool_loop.run,
     "shared-knowledge": shared_knowledge.run,
+    "telemetry": telemetry.run,  # last: it sets OpenTelemetry's global providers (--in-process)
 }
 
 

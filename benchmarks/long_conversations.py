@@ -13,7 +13,7 @@ from prefill_guard import Agent, ErrorProcessorMiddleware, MessageList, default_
 from prefill_guard.testing import PREFILL_MESSAGE, make_api_error
 
 from .common import MODEL, Config, Section, cpu_per_call, interleave, median, prepared_step
-from .overhead import _in_memory_client, _Recorder
+from .overhead import RequestRecorder, in_memory_client
 
 __all__ = ["SIZES", "long_conversation", "run"]
 
@@ -63,7 +63,7 @@ def long_conversation(size: int) -> list[dict[str, Any]]:
 def _paths(size: int) -> dict[str, Callable[[], object]]:
     messages = long_conversation(size)
     in_place = MessageList(messages)
-    agent = Agent(MODEL, client=_in_memory_client(), error_processors=default_processors())
+    agent = Agent(MODEL, client=in_memory_client(), error_processors=default_processors())
 
     def first_request(conversation: list[dict[str, Any]] | MessageList) -> object:
         return prepared_step(agent, conversation).request()
@@ -74,8 +74,8 @@ def _paths(size: int) -> dict[str, Callable[[], object]]:
     def from_message_list() -> object:
         return first_request(in_place)
 
-    recorder = _Recorder()
-    client = _in_memory_client().with_middleware(recorder)
+    recorder = RequestRecorder()
+    client = in_memory_client().with_middleware(recorder)
     client.messages.create(model=MODEL, max_tokens=64, messages=messages)  # type: ignore[arg-type]
     request = recorder.request
     assert request is not None

@@ -41,7 +41,14 @@ from .common import (
     ratio_interval,
 )
 
-__all__ = ["CONVERSATION", "run"]
+__all__ = [
+    "CONVERSATION",
+    "MAX_TOKENS",
+    "RequestRecorder",
+    "compared_sides",
+    "in_memory_client",
+    "run",
+]
 
 CONVERSATION: list[dict[str, Any]] = [
     {"role": "user", "content": "Suggest a name for a grey cat."},
@@ -72,7 +79,7 @@ class _NoOpMiddleware(anthropic.Middleware):
         return call_next(request)
 
 
-class _Recorder(anthropic.Middleware):
+class RequestRecorder(anthropic.Middleware):
     """Keeps the last request the SDK hands to middleware (to replay it without the SDK)."""
 
     def __init__(self) -> None:
@@ -83,8 +90,9 @@ class _Recorder(anthropic.Middleware):
         return call_next(request)
 
 
-def _in_memory_client() -> anthropic.Anthropic:
-    """A real SDK client whose transport answers in memory: the SDK's work without a network."""
+def in_memory_client(**options: Any) -> anthropic.Anthropic:
+    """A real SDK client whose transport answers in memory: the SDK's work without a network.
+    ``options`` go to its constructor."""
     body = json.dumps(REPLY_BODY).encode()
 
     def answer(request: httpx2.Request) -> httpx2.Response:
@@ -93,11 +101,11 @@ def _in_memory_client() -> anthropic.Anthropic:
 
     http_client = httpx2.Client(transport=httpx2.MockTransport(answer))
     return anthropic.Anthropic(
-        api_key="bench-key", base_url="http://127.0.0.1:9", http_client=http_client
+        api_key="bench-key", base_url="http://127.0.0.1:9", http_client=http_client, **options
     )
 
 
-def _sides(client: anthropic.Anthropic) -> dict[str, Callable[[], object]]:
+def compared_sides(client: anthropic.Anthropic) -> dict[str, Callable[[], object]]:
     """The compared sides, each one non-streaming request with the same conversation."""
     agent = Agent(MODEL, client=client, error_processors=default_processors())
     guarded = guard(client)
@@ -129,7 +137,7 @@ def _latency(section: Section, config: Config) -> None:
     """Loopback HTTP against the emulator process: wall time and this process's CPU time."""
     rounds = config.pick(6000, 100)
     with emulator_process() as emulator, emulator.sync_client() as client:
-        sides = _sides(client)
+        sides = compared_sides(client)
         for call in sides.values():  # warm up: connections, caches, lazy imports
             for _ in range(config.pick(100, 10)):
                 call()
@@ -194,7 +202,7 @@ def _library_calls() -> dict[str, Callable[[], object]]:
     """The library's own work for one successful request, without HTTP and without the SDK."""
     reply = Message.model_validate(REPLY_BODY)
     reply._request_id = "req_bench"  # as the SDK sets it on every reply
-    client = _in_memory_client()
+    client = in_memory_client()
     agent = Agent(MODEL, client=client, error_processors=default_processors())
     # The SDK client the Agent calls, replaced by one whose raw-response create answers at once
     # with a response that parses to the reply.
@@ -209,7 +217,7 @@ def _library_calls() -> dict[str, Callable[[], object]]:
     def agent_request() -> object:
         return agent.generate(CONVERSATION, max_tokens=MAX_TOKENS)
 
-    recorder = _Recorder()
+    recorder = RequestRecorder()
     client.with_middleware(recorder).messages.create(
         model=MODEL,
         max_tokens=MAX_TOKENS,
@@ -260,7 +268,7 @@ def _stages(section: Section, config: Config) -> None:
     """Where Agent.generate's library time goes, stage by stage (each timed on its own)."""
     reply = Message.model_validate(REPLY_BODY)
     reply._request_id = "req_bench"
-    agent = Agent(MODEL, client=_in_memory_client(), error_processors=default_processors())
+    agent = Agent(MODEL, client=in_memory_client(), error_processors=default_processors())
     conversation = MessageList(CONVERSATION)
     params = {"model": MODEL, "max_tokens": MAX_TOKENS}
     stages: dict[str, Callable[[], object]] = {
@@ -320,7 +328,7 @@ def _profile(call: Callable[[], object], iterations: int) -> list[dict[str, Any]
 def _in_memory(section: Section, config: Config) -> None:
     """The whole SDK call with an in-memory transport: client CPU per request, side by side."""
     rounds = config.pick(3000, 200)
-    sides = _sides(_in_memory_client())
+    sides = compared_sides(in_memory_client())
     for call in sides.values():
         for _ in range(config.pick(200, 20)):
             call()

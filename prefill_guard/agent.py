@@ -26,6 +26,7 @@ from .retries import OnRetry, RetryPolicy
 from .run import AnyProcessor, Pipeline, Run, RunResult, arun_steps, run_steps
 from .stores import AsyncThreadStore, StoreError, ThreadStore, check_thread_id
 from .streaming import AgentStream, AsyncAgentStream
+from .telemetry import RunTrace
 from .tools import Toolbox
 
 __all__ = ["Agent"]
@@ -153,7 +154,8 @@ class Agent:
 
     @property
     def name(self) -> str:
-        """A label for logs (the model name unless given)."""
+        """A label for logs and the run's ``invoke_agent {name}`` span (the model name unless
+        given)."""
         return self._name
 
     @property
@@ -209,7 +211,7 @@ class Agent:
         for this call. When nothing retries, the original SDK exception is raised.
         """
         client = self._sync_client_for("generate")
-        run = self._start("generate", messages, params, thread_id)
+        run = self._start(client, "generate", messages, params, thread_id)
         return run_steps(run, _sender(client))
 
     async def agenerate(
@@ -217,7 +219,7 @@ class Agent:
     ) -> RunResult:
         """The async twin of :meth:`generate`; ``async def`` processors are awaited."""
         client = self._async_client_for("agenerate")
-        run = await self._astart("agenerate", messages, params, thread_id)
+        run = await self._astart(client, "agenerate", messages, params, thread_id)
         return await arun_steps(run, _async_sender(client))
 
     def stream(
@@ -231,7 +233,7 @@ class Agent:
         :class:`~prefill_guard.AgentStream`.
         """
         client = self._sync_client_for("stream")
-        return AgentStream(client, self._start("stream", messages, params, thread_id))
+        return AgentStream(client, self._start(client, "stream", messages, params, thread_id))
 
     def astream(
         self, messages: MessagesInput | None = None, *, thread_id: str | None = None, **params: Any
@@ -244,13 +246,14 @@ class Agent:
         """
         client = self._async_client_for("astream")
         if thread_id is None:
-            run = self._start("astream", messages, params, None)
+            run = self._start(client, "astream", messages, params, None)
             return AsyncAgentStream(client, functools.partial(_ready, run))
         caller = self._check_call("astream", params, thread_id)
         check_thread_id(thread_id)
         _new_input(messages, caller)  # refused here, as without a thread; saved when entered
         return AsyncAgentStream(
-            client, functools.partial(self._astart, "astream", messages, params, thread_id)
+            client,
+            functools.partial(self._astart, client, "astream", messages, params, thread_id),
         )
 
     # -- internals -------------------------------------------------------------------
@@ -271,6 +274,7 @@ class Agent:
 
     def _start(
         self,
+        client: AnthropicClient,
         method: str,
         messages: MessagesInput | None,
         params: dict[str, Any],
@@ -283,10 +287,11 @@ class Agent:
         if thread_id is not None:
             assert self._store is not None
             thread = _ThreadRun.open(self._store, thread_id, messages, caller)
-        return self._run(caller, messages, params, thread)
+        return self._run(client, caller, messages, params, thread)
 
     async def _astart(
         self,
+        client: AnthropicClient,
         method: str,
         messages: MessagesInput | None,
         params: dict[str, Any],
@@ -298,10 +303,11 @@ class Agent:
         if thread_id is not None:
             assert self._store is not None
             thread = await _ThreadRun.aopen(self._store, thread_id, messages, caller)
-        return self._run(caller, messages, params, thread)
+        return self._run(client, caller, messages, params, thread)
 
     def _run(
         self,
+        client: AnthropicClient,
         caller: str,
         messages: MessagesInput | None,
         params: dict[str, Any],
@@ -316,15 +322,17 @@ class Agent:
             if not conversation:
                 raise ValueError(f"{caller}: messages is empty; pass at least one message")
             check_input(conversation)
+        request = _with_sampling_in_extra_body({**self._base_params, **params})
         return Run(
             self._pipeline,
             self._retry_policy,
             conversation,
-            _with_sampling_in_extra_body({**self._base_params, **params}),
+            request,
             toolbox=self._toolbox,
             max_steps=self._max_steps,
             on_step=None if thread is None else thread.save,
             aon_step=None if thread is None else thread.asave,
+            trace=RunTrace(client, agent=self._name, model=str(request["model"])),
         )
 
     def _sync_client_for(self, method: str) -> SyncClient:

@@ -34,6 +34,7 @@ from .messages import MessageList
 from .processors import default_processors
 from .retries import RetryPolicy
 from .run import AnyProcessor, Pipeline, Step, asend_with_retries, send_with_retries
+from .telemetry import captures_content
 
 __all__ = ["ErrorProcessorMiddleware", "guard", "install", "installed", "uninstall"]
 
@@ -54,6 +55,10 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
     body shape after the middleware). Requests it does not understand pass through untouched.
     Semantics are the Agent's: order, per-processor retry counts, the cap, raising processors
     skipped, the original error when nobody retries.
+
+    ``captures_content`` puts the messages actually sent on the retry and repair span events
+    (:mod:`prefill_guard.telemetry`): on when the SDK's content capture is, by its environment
+    variable when the middleware is made, or by the client's option for :func:`guard`.
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         chosen = default_processors() if processors is None else processors
         self.pipeline = Pipeline(chosen, max_processor_retries=max_processor_retries)
         self.enabled = True
+        self.captures_content = captures_content()
 
     def __repr__(self) -> str:
         ids = [getattr(p, "id", "?") for p in self.pipeline.processors]
@@ -142,7 +148,14 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
             logger.debug("passing a Messages request through untouched: %s", exc)
             return None
         params = copy.deepcopy({key: value for key, value in body.items() if key != "messages"})
-        return Step(self.pipeline, _NO_TRANSIENT_RETRIES, messages, params, consults=APIStatusError)
+        return Step(
+            self.pipeline,
+            _NO_TRANSIENT_RETRIES,
+            messages,
+            params,
+            consults=APIStatusError,
+            captures_content=self.captures_content,
+        )
 
 
 def _rebuilt(request: APIRequest, body: dict[str, Any]) -> APIRequest:
@@ -195,6 +208,7 @@ def guard(
     if any(entry is not installed_now for entry in current if _has_guard([entry])):
         return client
     middleware = ErrorProcessorMiddleware(processors, max_processor_retries=max_processor_retries)
+    middleware.captures_content = captures_content(client)
     if isinstance(client, SyncAPIClient):
         _refuse_async_for_sync(middleware, "guard()")
     others = [entry for entry in current if entry is not installed_now]

@@ -16,16 +16,16 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import anthropic
 import httpx2
 from tenacity import RetryCallState, Retrying, stop_after_attempt, wait_exponential, wait_random
 
 from .errors import api_error_type
-from .telemetry import record_event
+from .telemetry import record_retry
 
 __all__ = [
     "OnRetry",
@@ -203,9 +203,17 @@ class RetryPolicy:
         budget.prepare_for_next_attempt()
         return min(delay, self.max_retry_delay)
 
-    def report(self, details: RetryDetails) -> None:
+    def report(
+        self,
+        details: RetryDetails,
+        *,
+        model: object = None,
+        content: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
         """Log the retry at INFO (no message contents, no key; the fields in ``extra``, for
-        structured logging), add it to the current span as an event, and call every hook."""
+        structured logging), record it for OpenTelemetry (an event on the current span, with
+        ``content``, the messages about to be sent, if content capture is on; the retries
+        counter), and call every hook."""
         fields = {
             "prefill_guard.event": "prefill_guard.retry",
             "prefill_guard.retry.kind": details.kind,
@@ -213,6 +221,7 @@ class RetryPolicy:
             "prefill_guard.attempt": details.attempt,
             "prefill_guard.retry.wait": details.wait,
             "prefill_guard.request_id": details.request_id,
+            "gen_ai.request.model": model,
             "error.type": type(details.error).__name__,
             "http.response.status_code": getattr(details.error, "status_code", None),
         }
@@ -227,7 +236,7 @@ class RetryPolicy:
             details.wait,
             extra=fields,
         )
-        record_event("prefill_guard.retry", fields)
+        record_retry(fields, content)
         for hook in self.on_retry:
             try:
                 hook(details)

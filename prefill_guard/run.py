@@ -19,7 +19,7 @@ import copy
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -37,7 +37,7 @@ from .contract import (
 )
 from .messages import MessageList, Snapshot
 from .retries import RetryDetails, RetryPolicy, TransientBudget
-from .telemetry import record_event
+from .telemetry import RunTrace, record_attempts, record_event
 from .tools import Toolbox, ToolCall
 
 __all__ = [
@@ -257,8 +257,9 @@ class Step:
     hooks prepare the step's first request: a hook may append messages and set parameters, and
     one that raises is logged and skipped, what it appended dropped and the parameters put
     back. ``consults`` is the kind of error the processors are asked about (the guarded client
-    asks them about error responses only: transport errors are the SDK's to retry). Per-step:
-    the attempts, each processor's ``retry_count``, the cap, the transient budget.
+    asks them about error responses only: transport errors are the SDK's to retry).
+    ``captures_content`` puts the messages about to be sent on the retry and repair events.
+    Per-step: the attempts, each processor's ``retry_count``, the cap, the transient budget.
     """
 
     def __init__(
@@ -272,6 +273,7 @@ class Step:
         steps: tuple[StepResult, ...] = (),
         state: dict[str, Any] | None = None,
         consults: type[APIError] = APIError,
+        captures_content: bool = False,
     ) -> None:
         self.messages = messages
         self.params = params
@@ -285,6 +287,8 @@ class Step:
         self._pipeline = pipeline
         self._policy = policy
         self._consults = consults
+        self._captures_content = captures_content
+        self._sent = 0
         self.stored_reply: RawMessage | None = None
         """The reply as the conversation holds it, once :meth:`succeeded` appended it."""
         self._attempts: list[Attempt] = []
@@ -306,7 +310,15 @@ class Step:
 
     def request(self) -> dict[str, Any]:
         """The next attempt's request, rebuilt from the conversation (hidden metadata removed)."""
+        self._sent += 1
         return {**self.params, "messages": self.messages.to_api()}
+
+    def report_attempts(self) -> None:
+        """Record how many requests the step sent, and the error it ended with if it gave up
+        (the ``prefill_guard.attempts`` histogram)."""
+        last = self._attempts[-1] if self._attempts else None
+        error = last.error if last is not None and last.retry is None else None
+        record_attempts(self._sent, self.params.get("model"), error)
 
     def succeeded(self, message: Message, request_id: str | None = None) -> None:
         """Record the successful attempt and append the reply to the conversation.
@@ -401,7 +413,8 @@ class Step:
         context["params"] = self.params  # every before_send gets them
         try:
             entry.before_send(messages=self.messages, **context)
-            _log_repair(entry.id, messages, list(self.messages), params, self.params)
+            content = self.messages.to_api() if self._captures_content else None
+            _log_repair(entry.id, messages, list(self.messages), params, self.params, content)
         except BaseException as error:
             # the messages as they were, the same objects: what the hook appended, inserted,
             # replaced or removed is undone (an edit inside a message dict is not)
@@ -419,7 +432,8 @@ class Step:
         if wait is not None:
             attempt = self._record(error, "transient", wait=wait)
             self._policy.report(
-                RetryDetails("transient", attempt.number, error, wait, None, attempt.request_id)
+                RetryDetails("transient", attempt.number, error, wait, None, attempt.request_id),
+                model=self.params.get("model"),
             )
         return wait
 
@@ -451,7 +465,9 @@ class Step:
             self._budget = None  # each repair gets a fresh transient budget
             attempt = self._record(error, "processor", retried_by=owner)
             self._policy.report(
-                RetryDetails("processor", attempt.number, error, 0.0, owner, attempt.request_id)
+                RetryDetails("processor", attempt.number, error, 0.0, owner, attempt.request_id),
+                model=self.params.get("model"),
+                content=self.messages.to_api() if self._captures_content else None,
             )
             return True
         if result is not None and not isinstance(result, ProcessAPIErrorResult):
@@ -527,30 +543,37 @@ def send_with_retries(step: Step, send: Callable[[dict[str, Any]], T]) -> T:
 
     ``send`` makes one attempt from a request (the SDK's own errors propagate from it). When
     neither a transient retry nor a processor answers a failure, the caller gets that very
-    exception object. The SDK's retry loop has the same shape.
+    exception object. The SDK's retry loop has the same shape. However it ends, the number of
+    requests it sent is recorded (:meth:`Step.report_attempts`).
     """
-    while True:
-        try:
-            return send(step.request())
-        except Exception as error:
-            wait = step.failed(error)
-            if wait is None:
-                raise
-        if wait:
-            step.policy.sleep_sync(wait)
+    try:
+        while True:
+            try:
+                return send(step.request())
+            except Exception as error:
+                wait = step.failed(error)
+                if wait is None:
+                    raise
+            if wait:
+                step.policy.sleep_sync(wait)
+    finally:
+        step.report_attempts()
 
 
 async def asend_with_retries(step: Step, send: Callable[[dict[str, Any]], Awaitable[T]]) -> T:
     """The async twin of :func:`send_with_retries`; ``async def`` processors are awaited."""
-    while True:
-        try:
-            return await send(step.request())
-        except Exception as error:
-            wait = await step.afailed(error)
-            if wait is None:
-                raise
-        if wait:
-            await step.policy.sleep_async(wait)
+    try:
+        while True:
+            try:
+                return await send(step.request())
+            except Exception as error:
+                wait = await step.afailed(error)
+                if wait is None:
+                    raise
+            if wait:
+                await step.policy.sleep_async(wait)
+    finally:
+        step.report_attempts()
 
 
 class Run:
@@ -561,7 +584,7 @@ class Run:
     :meth:`next_step`, and report each reply with :meth:`step_done`. They call ``on_step``
     after each completed step (a thread saves it), and in async code ``aon_step``, its twin
     (by default ``on_step`` in a worker thread);
-    ``max_steps`` bounds the model calls.
+    ``max_steps`` bounds the model calls. ``trace`` makes the run's OpenTelemetry spans.
     """
 
     def __init__(
@@ -575,6 +598,7 @@ class Run:
         max_steps: int = 1,
         on_step: Callable[[], None] | None = None,
         aon_step: Callable[[], Awaitable[None]] | None = None,
+        trace: RunTrace | None = None,
     ) -> None:
         self.messages = messages
         self.params: RequestParams = copy.deepcopy(params)
@@ -582,6 +606,7 @@ class Run:
         self.toolbox = toolbox if toolbox is not None else Toolbox()
         self.on_step = on_step
         self.aon_step = aon_step
+        self.trace = trace if trace is not None else RunTrace.off()
         if aon_step is None and on_step is not None:  # a store may block: off the event loop
             self.aon_step = functools.partial(asyncio.to_thread, on_step)
         self._pipeline = pipeline
@@ -612,6 +637,7 @@ class Run:
             number=len(self._steps),
             steps=self.steps,
             state=self.state,
+            captures_content=self.trace.captures_content,
         )
         return self._current
 
@@ -619,6 +645,20 @@ class Run:
         """The reply's tool calls the Agent answers before the next step; none when the reply
         ends the run (it calls no tool, or one the caller must answer)."""
         return self.toolbox.calls(message) or []
+
+    def call(self, use: ToolUseBlock) -> ToolCall:
+        """Run one tool call (:meth:`Toolbox.call`), in its ``execute_tool`` span."""
+        with self.trace.tool(use) as answered:
+            call = self.toolbox.call(use)
+            answered(call.is_error)
+        return call
+
+    async def acall(self, use: ToolUseBlock) -> ToolCall:
+        """The async twin of :meth:`call`."""
+        with self.trace.tool(use) as answered:
+            call = await self.toolbox.acall(use)
+            answered(call.is_error)
+        return call
 
     def step_done(self, step: Step, message: Message, calls: list[ToolCall]) -> None:
         """Record a completed step: its reply (appended by the step) and the tool calls it
@@ -635,6 +675,7 @@ class Run:
     def result(self) -> RunResult:
         """The finished run's result."""
         assert self._stop_reason is not None
+        self.trace.finished(self._stop_reason, len(self._steps))
         return RunResult(
             self._steps[-1].message, self.messages, self.steps, self._stop_reason, self.state
         )
@@ -668,11 +709,13 @@ def _log_repair(
     messages_after: list[RawMessage],
     before: RequestParams,
     after: RequestParams,
+    content: Sequence[Mapping[str, Any]] | None = None,
 ) -> None:
     """Log what a ``before_send`` hook changed at INFO, the fields in ``extra``: the number of
     messages before and after it if it appended, inserted, replaced or removed any (a message
     replaced by an equal one is no change), and the names of the parameters it set or
-    removed; never their contents."""
+    removed; never their contents. The same is an event on the current span, with
+    ``content`` (the messages to be sent, when content capture is on)."""
     if messages_after == messages_before and after == before:
         return
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
@@ -691,48 +734,53 @@ def _log_repair(
         changed or "unchanged",
         extra=fields,
     )
-    record_event("prefill_guard.repair", fields)
+    record_event("prefill_guard.repair", fields, content)
 
 
 def run_steps(run: Run, send: Callable[[dict[str, Any]], Message]) -> RunResult:
     """Step after step: a model call (:func:`send_with_retries`), then the tools its reply
-    asks for, until a reply asks for none the Agent answers, the step bound, or an Abort."""
-    try:
-        while True:
-            step = run.next_step()
-            message = send_with_retries(step, send)
-            step.succeeded(message)
-            calls = [run.toolbox.call(use) for use in run.tool_uses(message)]
-            run.step_done(step, message, calls)
-            if run.on_step is not None:
-                run.on_step()
-            if run.finished:
-                return run.result()
-    except Abort as abort:
-        raise run.aborted(abort) from None
-    except BaseException:
-        run.unanswered()
-        raise
+    asks for, until a reply asks for none the Agent answers, the step bound, or an Abort.
+    The run's span is current throughout."""
+    send = run.trace.sender(send)
+    with run.trace.whole():
+        try:
+            while True:
+                step = run.next_step()
+                message = send_with_retries(step, send)
+                step.succeeded(message)
+                calls = [run.call(use) for use in run.tool_uses(message)]
+                run.step_done(step, message, calls)
+                if run.on_step is not None:
+                    run.on_step()
+                if run.finished:
+                    return run.result()
+        except Abort as abort:
+            raise run.aborted(abort) from None
+        except BaseException:
+            run.unanswered()
+            raise
 
 
 async def arun_steps(run: Run, send: Callable[[dict[str, Any]], Awaitable[Message]]) -> RunResult:
     """The async twin of :func:`run_steps`: the tool calls of one reply run at the same time."""
-    try:
-        while True:
-            step = run.next_step()
-            message = await asend_with_retries(step, send)
-            step.succeeded(message)
-            calls = await all_calls([run.toolbox.acall(use) for use in run.tool_uses(message)])
-            run.step_done(step, message, calls)
-            if run.aon_step is not None:
-                await run.aon_step()
-            if run.finished:
-                return run.result()
-    except Abort as abort:
-        raise run.aborted(abort) from None
-    except BaseException:
-        run.unanswered()
-        raise
+    send = run.trace.async_sender(send)
+    with run.trace.whole():
+        try:
+            while True:
+                step = run.next_step()
+                message = await asend_with_retries(step, send)
+                step.succeeded(message)
+                calls = await all_calls([run.acall(use) for use in run.tool_uses(message)])
+                run.step_done(step, message, calls)
+                if run.aon_step is not None:
+                    await run.aon_step()
+                if run.finished:
+                    return run.result()
+        except Abort as abort:
+            raise run.aborted(abort) from None
+        except BaseException:
+            run.unanswered()
+            raise
 
 
 async def all_calls(calls: list[Awaitable[ToolCall]]) -> list[ToolCall]:

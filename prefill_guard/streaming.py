@@ -13,6 +13,7 @@ per attempt.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -44,6 +45,7 @@ from .run import (
     asend_with_retries,
     send_with_retries,
 )
+from .telemetry import ChatSpan, RunTrace
 from .tools import ToolCall
 
 __all__ = [
@@ -144,12 +146,22 @@ def _stopped(events: list[StreamEvent]) -> bool:
     return any(event.type == "message_stop" for event in events)
 
 
-def _open(
-    client: SyncClient, request: dict[str, Any]
-) -> tuple[MessageStreamManager, MessageStream, list[StreamEvent]]:
-    """One attempt: send the request and read events up to the first content event."""
-    manager = client.messages.stream(**request)
-    stream = manager.__enter__()
+Opened: TypeAlias = "tuple[MessageStreamManager, MessageStream, list[StreamEvent], ChatSpan]"
+AsyncOpened: TypeAlias = (
+    "tuple[AsyncMessageStreamManager, AsyncMessageStream, list[StreamEvent], ChatSpan]"
+)
+
+
+def _open(client: SyncClient, trace: RunTrace, request: dict[str, Any]) -> Opened:
+    """One attempt: send the request and read events up to the first content event; the
+    attempt's ``chat`` span goes on until the step's stream ends."""
+    chat = trace.chat(request)
+    try:
+        manager = client.messages.stream(**request)
+        stream = manager.__enter__()
+    except BaseException as error:
+        chat.end(error=error)
+        raise
     head: list[StreamEvent] = []
     try:
         try:
@@ -160,18 +172,22 @@ def _open(
                 raise _cut_short(stream.response.request) from None
         except _RAW_ERRORS as exc:
             raise _api_error(exc, stream.response) from exc
-    except BaseException:
+    except BaseException as error:
+        chat.end(error=error)
         manager.__exit__(*sys.exc_info())
         raise
-    return manager, stream, head
+    return manager, stream, head, chat
 
 
-async def _aopen(
-    client: AsyncClient, request: dict[str, Any]
-) -> tuple[AsyncMessageStreamManager, AsyncMessageStream, list[StreamEvent]]:
+async def _aopen(client: AsyncClient, trace: RunTrace, request: dict[str, Any]) -> AsyncOpened:
     """The async twin of :func:`_open`."""
-    manager = client.messages.stream(**request)
-    stream = await manager.__aenter__()
+    chat = trace.chat(request)
+    try:
+        manager = client.messages.stream(**request)
+        stream = await manager.__aenter__()
+    except BaseException as error:
+        chat.end(error=error)
+        raise
     head: list[StreamEvent] = []
     try:
         try:
@@ -182,20 +198,29 @@ async def _aopen(
                 raise _cut_short(stream.response.request) from None
         except _RAW_ERRORS as exc:
             raise _api_error(exc, stream.response) from exc
-    except BaseException:
+    except BaseException as error:
+        chat.end(error=error)
         await manager.__aexit__(*sys.exc_info())
         raise
-    return manager, stream, head
+    return manager, stream, head, chat
 
 
 class _StepStream:
-    """One step's open stream: its events not yet delivered, and the text that has been."""
+    """One step's open stream: its events not yet delivered, the text that has been, and the
+    attempt's ``chat`` span (ended with the reply, the interruption, or the stream's close)."""
 
-    def __init__(self, step: Step, stream: MessageStream | AsyncMessageStream, head: list[Any]):
+    def __init__(
+        self,
+        step: Step,
+        stream: MessageStream | AsyncMessageStream,
+        head: list[Any],
+        chat: ChatSpan,
+    ) -> None:
         self.step = step
         self.stream = stream
         self.pending: deque[StreamEvent] = deque(head)
         self.texts: list[str] = []
+        self.chat = chat
         self.stopped = _stopped(head)
 
     def delivered(self, event: StreamEvent) -> StreamEvent:
@@ -212,6 +237,7 @@ class _StepStream:
     def interrupted(self, error: BaseException) -> BaseException:
         """``error`` as the SDK's own, with the step's delivered text on it (it is raised)."""
         converted = _api_error(error, self.stream.response)
+        self.chat.end(error=converted)
         received = "".join(self.texts)
         set_partial_text(converted, received)
         logger.warning(
@@ -223,7 +249,9 @@ class _StepStream:
 
     def reply(self) -> Message:
         """The step's complete reply (its ``message_stop`` has arrived)."""
-        return self.stream.current_message_snapshot
+        message = self.stream.current_message_snapshot
+        self.chat.end(message)
+        return message
 
 
 def _read(opened: _StepStream) -> Iterator[StreamEvent]:
@@ -324,7 +352,11 @@ class AgentStream:
         if self._state.entered:
             raise RuntimeError("this stream was already entered; call agent.stream() again")
         self._state.entered = True
-        self._open_step()
+        try:
+            self._open_step()
+        except BaseException as error:
+            self._state.run.trace.end(error)
+            raise
         return self
 
     def __exit__(
@@ -333,22 +365,28 @@ class AgentStream:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._state.closed = True
-        self._state.run.unanswered()  # left before a reply's tools ran: the reply goes
+        state = self._state
+        state.closed = True
+        state.run.unanswered()  # left before a reply's tools ran: the reply goes
+        if state.current is not None:
+            state.current.chat.end(error=exc)
+        state.run.trace.end(exc)
         if self._manager is not None:
             self._manager.__exit__(exc_type, exc, traceback)
 
     def _open_step(self) -> None:
         run = self._state.run
-        step = run.next_step()
         try:
-            manager, stream, head = send_with_retries(step, lambda r: _open(self._client, r))
+            with run.trace.current():
+                step = run.next_step()
+                opened = send_with_retries(step, functools.partial(_open, self._client, run.trace))
         except Abort as abort:
             raise run.aborted(abort) from None
+        manager, stream, head, chat = opened
         if self._manager is not None:
             self._manager.__exit__(None, None, None)
         self._manager = manager
-        self._state.current = _StepStream(step, stream, head)
+        self._state.current = _StepStream(step, stream, head, chat)
 
     def _drive(self) -> Iterator[StreamEvent | RunEvent]:
         """Every step's SDK events and the run's own events, in order, to the run's end."""
@@ -374,7 +412,7 @@ class AgentStream:
             try:
                 for use in uses:
                     yield ToolCallEvent(opened.step.number, use)
-                    call = run.toolbox.call(use)
+                    call = run.call(use)
                     calls.append(call)
                     yield ToolResultEvent(opened.step.number, call)
             except Abort as abort:
@@ -392,7 +430,11 @@ class AgentStream:
         run.step_done(opened.step, opened.reply(), calls)
         if run.on_step is not None:
             run.on_step()
-        return run.result() if run.finished else None
+        if not run.finished:
+            return None
+        result = run.result()
+        run.trace.end()
+        return result
 
     def __iter__(self) -> Iterator[StreamEvent]:
         for item in self._drive():
@@ -445,7 +487,11 @@ class AsyncAgentStream:
         start, self._start = self._start, None
         self._state.run = await start()  # with a thread, its history is read here
         self._state.entered = True
-        await self._open_step()
+        try:
+            await self._open_step()
+        except BaseException as error:
+            self._state.run.trace.end(error)
+            raise
         return self
 
     async def __aexit__(
@@ -454,23 +500,29 @@ class AsyncAgentStream:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._state.closed = True
-        self._state.run.unanswered()  # left before a reply's tools ran: the reply goes
+        state = self._state
+        state.closed = True
+        state.run.unanswered()  # left before a reply's tools ran: the reply goes
+        if state.current is not None:
+            state.current.chat.end(error=exc)
+        state.run.trace.end(exc)
         if self._manager is not None:
             await self._manager.__aexit__(exc_type, exc, traceback)
 
     async def _open_step(self) -> None:
         run = self._state.run
-        step = run.next_step()
         try:
-            opened = await asend_with_retries(step, lambda r: _aopen(self._client, r))
+            with run.trace.current():
+                step = run.next_step()
+                opener = functools.partial(_aopen, self._client, run.trace)
+                opened = await asend_with_retries(step, opener)
         except Abort as abort:
             raise run.aborted(abort) from None
-        manager, stream, head = opened
+        manager, stream, head, chat = opened
         if self._manager is not None:
             await self._manager.__aexit__(None, None, None)
         self._manager = manager
-        self._state.current = _StepStream(step, stream, head)
+        self._state.current = _StepStream(step, stream, head, chat)
 
     async def _drive(self) -> AsyncIterator[StreamEvent | RunEvent]:
         """The async twin of :meth:`AgentStream._drive`."""
@@ -495,7 +547,7 @@ class AsyncAgentStream:
             for use in uses:
                 yield ToolCallEvent(opened.step.number, use)
             try:
-                calls = await all_calls([run.toolbox.acall(use) for use in uses])
+                calls = await all_calls([run.acall(use) for use in uses])
             except Abort as abort:
                 raise run.aborted(abort) from None
             for call in calls:
@@ -512,7 +564,11 @@ class AsyncAgentStream:
         run.step_done(opened.step, opened.reply(), calls)
         if run.aon_step is not None:
             await run.aon_step()
-        return run.result() if run.finished else None
+        if not run.finished:
+            return None
+        result = run.result()
+        run.trace.end()
+        return result
 
     async def __aiter__(self) -> AsyncIterator[StreamEvent]:
         async for item in self._drive():

@@ -1,39 +1,394 @@
-"""OpenTelemetry span events for retries and repairs, when ``opentelemetry-api`` is installed.
+"""OpenTelemetry for runs: spans, span events and metrics, when ``opentelemetry-api`` is installed.
 
-The ``prefill-guard[otel]`` extra installs it; without it, or with no span recording (no
-tracer provider configured), :func:`record_event` does nothing. Each event is the one log record
-the library writes for the same retry or repair, with the same fields (``None`` left out):
-``prefill_guard.retry`` and ``prefill_guard.repair``. It goes on the current span: inside a
-guarded client, the SDK's ``anthropic.messages.create`` span (anthropic 1.14 and later, tracing
-on); otherwise the caller's.
+The ``prefill-guard[otel]`` extra installs it; without it nothing here does anything, and with it
+but no provider configured, only OpenTelemetry's own no-op objects are touched.
+
+- **Spans**, by the GenAI semantic conventions: an Agent run is an ``invoke_agent {name}`` span;
+  each model call a ``chat {model}`` CLIENT span under it, unless the anthropic SDK makes its own
+  ``anthropic.messages.create`` span for the call (its tracing is on for the client: it then
+  nests under the run's span); each tool call an ``execute_tool {tool}`` span. They go to the
+  tracer provider that the client's ``open_telemetry`` option names, else to the global one:
+  where the SDK's own spans go.
+- **Span events**: each retry and repair log record is also an event on the current span (inside
+  a guarded client, the SDK's call span), ``prefill_guard.retry`` or ``prefill_guard.repair``,
+  with the record's fields.
+- **Metrics**, on the global meter provider: the counter ``prefill_guard.retries`` and the
+  histogram ``prefill_guard.attempts`` (requests per model call).
+- **Content** is recorded only when content capture is on, by the SDK's own switch (the
+  client's ``open_telemetry`` option with ``traces.content_mode = "content"``, or
+  ``ANTHROPIC_OPEN_TELEMETRY_TRACES_CONTENT_MODE=content``): then the messages a request actually
+  sent (repairs included, hidden metadata never) are ``gen_ai.input.messages``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import json
+import os
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from importlib.metadata import version
+from typing import Any, TypeVar
+
+from anthropic.types import Message, ToolUseBlock
 
 try:
-    from opentelemetry import trace
+    from opentelemetry import metrics, trace
+    from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 except ImportError:  # the optional [otel] extra
+    metrics = None  # type: ignore[assignment]
     trace = None  # type: ignore[assignment]
 
-__all__ = ["record_event"]
+__all__ = [
+    "CONTENT_MODE_VARIABLE",
+    "ChatSpan",
+    "RunTrace",
+    "captures_content",
+    "input_messages",
+    "record_attempts",
+    "record_event",
+    "record_retry",
+]
 
+T = TypeVar("T")
+
+SCOPE = "prefill_guard"
+_VERSION = version("prefill-guard")
+CONTENT_MODE_VARIABLE = "ANTHROPIC_OPEN_TELEMETRY_TRACES_CONTENT_MODE"
+"""The SDK's switch for content capture, for a client given no ``open_telemetry`` option."""
+_PROVIDER = {"gen_ai.provider.name": "anthropic"}
+_RETRY_METRIC_KEYS = (
+    "prefill_guard.retry.kind",
+    "prefill_guard.processor.id",
+    "gen_ai.request.model",
+    "error.type",
+)
 _SCALARS = (str, bool, int, float)
 
+if metrics is not None:
+    _meter = metrics.get_meter(SCOPE, _VERSION)
+    _retries = _meter.create_counter(
+        "prefill_guard.retries",
+        unit="{retry}",
+        description="Requests sent again: unchanged (transient) or repaired by a processor",
+    )
+    _attempts = _meter.create_histogram(
+        "prefill_guard.attempts",
+        unit="{attempt}",
+        description="Requests sent for one model call, the retries included",
+        explicit_bucket_boundaries_advisory=[1, 2, 3, 4, 5, 6, 8, 10],
+    )
 
-def record_event(name: str, fields: Mapping[str, object]) -> None:
-    """Add the event ``name`` with ``fields`` (the values OpenTelemetry can hold) to the
-    current span, if one is recording."""
-    if trace is None:
-        return
-    span = trace.get_current_span()
-    if not span.is_recording():
-        return
-    attributes: dict[str, str | bool | int | float | Sequence[str]] = {}
+
+def _attributes(fields: Mapping[str, object]) -> dict[str, Any]:
+    """The fields OpenTelemetry can hold (scalars and lists of str); ``None`` left out."""
+    attributes: dict[str, Any] = {}
     for key, value in fields.items():
         if isinstance(value, _SCALARS):
             attributes[key] = value
         elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             attributes[key] = list(value)
+    return attributes
+
+
+def record_event(
+    name: str, fields: Mapping[str, object], content: Sequence[Mapping[str, Any]] | None = None
+) -> None:
+    """Add the event ``name`` with ``fields`` to the current span, if one is recording; with
+    ``content`` (the messages about to be sent, when content capture is on), as
+    ``gen_ai.input.messages``."""
+    if trace is None:
+        return
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    attributes = _attributes(fields)
+    if content is not None:
+        attributes["gen_ai.input.messages"] = input_messages(content)
     span.add_event(name, attributes)
+
+
+def record_retry(
+    fields: Mapping[str, object], content: Sequence[Mapping[str, Any]] | None = None
+) -> None:
+    """A retry: an event on the current span (:func:`record_event`) and one on the
+    ``prefill_guard.retries`` counter, by kind, processor, model and error type."""
+    if trace is None:
+        return
+    record_event("prefill_guard.retry", fields, content)
+    _retries.add(1, _attributes({key: fields.get(key) for key in _RETRY_METRIC_KEYS}))
+
+
+def record_attempts(count: int, model: object, error: BaseException | None) -> None:
+    """One model call's requests on the ``prefill_guard.attempts`` histogram, with the
+    ``error.type`` that ended it, if one did."""
+    if trace is None:
+        return
+    fields = {"gen_ai.request.model": model, "error.type": _error_type(error)}
+    _attempts.record(count, _attributes(fields))
+
+
+def captures_content(client: object = None) -> bool:
+    """Whether content capture is on for ``client``, by the SDK's own switch: the client's
+    ``open_telemetry`` option (anthropic 1.14 and later), else the environment variable."""
+    options = getattr(client, "open_telemetry", None)
+    if isinstance(options, Mapping):
+        return bool(options["traces"]["content_mode"] == "content")
+    return os.environ.get(CONTENT_MODE_VARIABLE, "").lower() == "content"
+
+
+def _part(block: Mapping[str, Any]) -> dict[str, Any]:
+    kind = block.get("type")
+    if kind == "text":
+        return {"type": "text", "content": block.get("text")}
+    if kind == "thinking":
+        return {"type": "reasoning", "content": block.get("thinking")}
+    if kind in ("tool_use", "server_tool_use"):
+        return {
+            "type": "tool_call",
+            "id": block.get("id"),
+            "name": block.get("name"),
+            "arguments": block.get("input"),
+        }
+    if kind == "tool_result":
+        return {
+            "type": "tool_call_response",
+            "id": block.get("tool_use_id"),
+            "response": block.get("content"),
+        }
+    return {"type": f"anthropic_{kind}"}
+
+
+def input_messages(messages: Sequence[Mapping[str, Any]]) -> str:
+    """Messages in the API's shape as the conventions' ``gen_ai.input.messages`` JSON: a role
+    and parts each (text, reasoning, tool calls and their responses; other blocks by type)."""
+    converted = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            parts = [{"type": "text", "content": content}]
+        else:
+            parts = [_part(block) for block in content or () if isinstance(block, Mapping)]
+        converted.append({"role": message.get("role"), "parts": parts})
+    return json.dumps(converted, ensure_ascii=False, default=str)
+
+
+def _error_type(error: BaseException | None) -> str | None:
+    return None if error is None else type(error).__name__
+
+
+def _failed(span: Span, error: BaseException) -> None:
+    span.set_attribute("error.type", type(error).__name__)
+    status_code = getattr(error, "status_code", None)
+    if isinstance(status_code, int):
+        span.set_attribute("http.response.status_code", status_code)
+    span.set_status(StatusCode.ERROR, type(error).__name__)
+
+
+class ChatSpan:
+    """One model call's ``chat {model}`` span, or nothing (``span`` is ``None``)."""
+
+    def __init__(self, span: Span | None) -> None:
+        self.span = span
+
+    def end(self, message: Message | None = None, error: BaseException | None = None) -> None:
+        """End the span, with the reply's id, model, stop reason and token usage, or the
+        error; a second call does nothing."""
+        span, self.span = self.span, None
+        if span is None:
+            return
+        if error is not None:
+            _failed(span, error)
+        elif message is not None:
+            span.set_attribute("gen_ai.response.id", message.id)
+            span.set_attribute("gen_ai.response.model", message.model)
+            if message.stop_reason is not None:
+                span.set_attribute("gen_ai.response.finish_reasons", [message.stop_reason])
+            span.set_attribute("gen_ai.usage.input_tokens", message.usage.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", message.usage.output_tokens)
+        span.end()
+
+
+class RunTrace:
+    """The spans of one Agent run, started when first used.
+
+    Nothing is made without OpenTelemetry, or when the run's span does not record (no tracer
+    provider configured, or the trace sampled out). ``sdk_traces`` says that the SDK makes a
+    span for each model call itself, so the run makes no ``chat`` spans of its own.
+    """
+
+    @classmethod
+    def off(cls) -> RunTrace:
+        """A run's trace that makes no span (a run made outside an Agent)."""
+        run_trace = cls(None, agent="", model="")
+        run_trace._tracer = None
+        return run_trace
+
+    def __init__(self, client: object, *, agent: str, model: str) -> None:
+        options = getattr(client, "open_telemetry", None)
+        self.sdk_traces = isinstance(options, Mapping) and bool(options["traces"]["enabled"])
+        self.captures_content = captures_content(client)
+        provider = options.get("tracer_provider") if isinstance(options, Mapping) else None
+        self._tracer: Tracer | None = (
+            None if trace is None else trace.get_tracer(SCOPE, _VERSION, provider)
+        )
+        self._agent = agent
+        self._model = model
+        self._span: Span | None = None
+        self._ended = False
+
+    def _run_span(self) -> Span | None:
+        """The run's span, started on first use; ``None`` when it would not record."""
+        if self._tracer is None or self._ended:
+            return None
+        if self._span is None:
+            attributes = {
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": self._agent,
+                "gen_ai.request.model": self._model,
+                **_PROVIDER,
+            }
+            span = self._tracer.start_span(f"invoke_agent {self._agent}", attributes=attributes)
+            if not span.is_recording():
+                span.end()
+                self._tracer = None
+                return None
+            self._span = span
+        return self._span
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        """Make the run's span the current one: what the SDK and processors record inside
+        (its call spans, the retry and repair events) goes under it."""
+        span = self._run_span()
+        if span is None:
+            yield
+            return
+        with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+            yield
+
+    @contextlib.contextmanager
+    def whole(self) -> Iterator[None]:
+        """The run's span current for the whole block, and ended with it (with the error
+        that left it, if one did)."""
+        try:
+            with self.current():
+                yield
+        except BaseException as error:
+            self.end(error)
+            raise
+        self.end()
+
+    def finished(self, stop_reason: str, steps: int) -> None:
+        """Say on the run's span how the run ended."""
+        if self._span is not None:
+            self._span.set_attribute("gen_ai.response.finish_reasons", [stop_reason])
+            self._span.set_attribute("prefill_guard.run.steps", steps)
+
+    def end(self, error: BaseException | None = None) -> None:
+        """End the run's span (with ``error``'s type and an error status); once."""
+        span, self._span, self._ended = self._span, None, True
+        if span is None:
+            return
+        if error is not None:
+            _failed(span, error)
+        span.end()
+
+    def chat(self, request: Mapping[str, Any]) -> ChatSpan:
+        """The ``chat {model}`` span of one model call, under the run's, not made current;
+        none when the SDK makes its own."""
+        parent = None if self.sdk_traces else self._run_span()
+        if parent is None or self._tracer is None:
+            return ChatSpan(None)
+        model = request.get("model", self._model)
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": model,
+            **_PROVIDER,
+        }
+        if isinstance(request.get("max_tokens"), int):
+            attributes["gen_ai.request.max_tokens"] = request["max_tokens"]
+        if self.captures_content:
+            attributes["gen_ai.input.messages"] = input_messages(request.get("messages") or ())
+        span = self._tracer.start_span(
+            f"chat {model}",
+            context=trace.set_span_in_context(parent),
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
+        )
+        return ChatSpan(span)
+
+    def sender(
+        self, send: Callable[[dict[str, Any]], Message]
+    ) -> Callable[[dict[str, Any]], Message]:
+        """``send`` with each request in its own ``chat`` span (:meth:`chat`)."""
+        if self._tracer is None or self.sdk_traces:
+            return send
+
+        def traced(request: dict[str, Any]) -> Message:
+            chat = self.chat(request)
+            try:
+                message = send(request)
+            except BaseException as error:
+                chat.end(error=error)
+                raise
+            chat.end(message)
+            return message
+
+        return traced
+
+    def async_sender(
+        self, send: Callable[[dict[str, Any]], Awaitable[Message]]
+    ) -> Callable[[dict[str, Any]], Awaitable[Message]]:
+        """The async twin of :meth:`sender`."""
+        if self._tracer is None or self.sdk_traces:
+            return send
+
+        async def traced(request: dict[str, Any]) -> Message:
+            chat = self.chat(request)
+            try:
+                message = await send(request)
+            except BaseException as error:
+                chat.end(error=error)
+                raise
+            chat.end(message)
+            return message
+
+        return traced
+
+    @contextlib.contextmanager
+    def tool(self, use: ToolUseBlock) -> Iterator[Callable[[bool], None]]:
+        """An ``execute_tool {name}`` span around one tool call, current inside (the tool's own
+        spans nest under it); the block calls what it yields with whether the tool failed."""
+        parent = self._run_span()
+        if parent is None or self._tracer is None:
+            yield _ignore
+            return
+        attributes = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": use.name,
+            "gen_ai.tool.call.id": use.id,
+            "gen_ai.tool.type": "function",
+        }
+        span = self._tracer.start_span(
+            f"execute_tool {use.name}",
+            context=trace.set_span_in_context(parent),
+            attributes=attributes,
+        )
+
+        def answered(is_error: bool) -> None:
+            if is_error:
+                span.set_attribute("error.type", "tool_error")
+                span.set_status(StatusCode.ERROR, "tool_error")
+
+        try:
+            with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                yield answered
+        except BaseException as error:
+            _failed(span, error)
+            raise
+        finally:
+            span.end()
+
+
+def _ignore(is_error: bool) -> None:
+    """What :meth:`RunTrace.tool` yields when there is no span."""
