@@ -26,7 +26,7 @@ from .retries import OnRetry, RetryPolicy
 from .run import AnyProcessor, Pipeline, Run, RunResult, arun_steps, run_steps
 from .stores import AsyncThreadStore, StoreError, ThreadStore, check_thread_id
 from .streaming import AgentStream, AsyncAgentStream
-from .telemetry import RunTrace
+from .telemetry import ClientTelemetry, RunTrace
 from .tools import Toolbox
 
 __all__ = ["Agent"]
@@ -145,6 +145,8 @@ class Agent:
         own: Any = None if client is None else client.with_options(max_retries=0)
         self._sync_client: SyncClient | None = own if self._client_kind == "sync" else None
         self._async_client: AsyncClient | None = own if self._client_kind == "async" else None
+        self._telemetry: dict[str, ClientTelemetry] = {}
+        """Each client's OpenTelemetry settings, read once (the SDK fixes them in the client)."""
         self._lock = threading.Lock()
 
     @property
@@ -210,16 +212,16 @@ class Agent:
         model replies again to the thread as it is. ``params`` override the Agent's defaults
         for this call. When nothing retries, the original SDK exception is raised.
         """
-        client = self._sync_client_for("generate")
-        run = self._start(client, "generate", messages, params, thread_id)
+        client, telemetry = self._sync_client_for("generate")
+        run = self._start(telemetry, "generate", messages, params, thread_id)
         return run_steps(run, _sender(client))
 
     async def agenerate(
         self, messages: MessagesInput | None = None, *, thread_id: str | None = None, **params: Any
     ) -> RunResult:
         """The async twin of :meth:`generate`; ``async def`` processors are awaited."""
-        client = self._async_client_for("agenerate")
-        run = await self._astart(client, "agenerate", messages, params, thread_id)
+        client, telemetry = self._async_client_for("agenerate")
+        run = await self._astart(telemetry, "agenerate", messages, params, thread_id)
         return await arun_steps(run, _async_sender(client))
 
     def stream(
@@ -232,8 +234,8 @@ class Agent:
         (the reply is saved when its ``message_stop`` event arrives). See
         :class:`~prefill_guard.AgentStream`.
         """
-        client = self._sync_client_for("stream")
-        return AgentStream(client, self._start(client, "stream", messages, params, thread_id))
+        client, telemetry = self._sync_client_for("stream")
+        return AgentStream(client, self._start(telemetry, "stream", messages, params, thread_id))
 
     def astream(
         self, messages: MessagesInput | None = None, *, thread_id: str | None = None, **params: Any
@@ -244,16 +246,16 @@ class Agent:
         and the thread read when the block is entered, and each completed step saved, as in
         :meth:`agenerate`.
         """
-        client = self._async_client_for("astream")
+        client, telemetry = self._async_client_for("astream")
         if thread_id is None:
-            run = self._start(client, "astream", messages, params, None)
+            run = self._start(telemetry, "astream", messages, params, None)
             return AsyncAgentStream(client, functools.partial(_ready, run))
         caller = self._check_call("astream", params, thread_id)
         check_thread_id(thread_id)
         _new_input(messages, caller)  # refused here, as without a thread; saved when entered
         return AsyncAgentStream(
             client,
-            functools.partial(self._astart, client, "astream", messages, params, thread_id),
+            functools.partial(self._astart, telemetry, "astream", messages, params, thread_id),
         )
 
     # -- internals -------------------------------------------------------------------
@@ -274,7 +276,7 @@ class Agent:
 
     def _start(
         self,
-        client: AnthropicClient,
+        telemetry: ClientTelemetry,
         method: str,
         messages: MessagesInput | None,
         params: dict[str, Any],
@@ -287,11 +289,11 @@ class Agent:
         if thread_id is not None:
             assert self._store is not None
             thread = _ThreadRun.open(self._store, thread_id, messages, caller)
-        return self._run(client, caller, messages, params, thread)
+        return self._run(telemetry, caller, messages, params, thread)
 
     async def _astart(
         self,
-        client: AnthropicClient,
+        telemetry: ClientTelemetry,
         method: str,
         messages: MessagesInput | None,
         params: dict[str, Any],
@@ -303,11 +305,11 @@ class Agent:
         if thread_id is not None:
             assert self._store is not None
             thread = await _ThreadRun.aopen(self._store, thread_id, messages, caller)
-        return self._run(client, caller, messages, params, thread)
+        return self._run(telemetry, caller, messages, params, thread)
 
     def _run(
         self,
-        client: AnthropicClient,
+        telemetry: ClientTelemetry,
         caller: str,
         messages: MessagesInput | None,
         params: dict[str, Any],
@@ -332,11 +334,12 @@ class Agent:
             max_steps=self._max_steps,
             on_step=None if thread is None else thread.save,
             aon_step=None if thread is None else thread.asave,
-            trace=RunTrace(client, agent=self._name, model=str(request["model"])),
+            trace=RunTrace(telemetry, agent=self._name, model=str(request["model"])),
         )
 
-    def _sync_client_for(self, method: str) -> SyncClient:
-        """The sync client, made from the environment on first use (under the lock)."""
+    def _sync_client_for(self, method: str) -> tuple[SyncClient, ClientTelemetry]:
+        """The sync client, made from the environment on first use (under the lock), and its
+        OpenTelemetry settings."""
         if self._client_kind == "async":
             raise TypeError(
                 f"Agent.{method}() needs a synchronous client, but this Agent was given an async "
@@ -345,10 +348,13 @@ class Agent:
         with self._lock:
             if self._sync_client is None:
                 self._sync_client = anthropic.Anthropic(max_retries=0)
-            return self._sync_client
+            if "sync" not in self._telemetry:
+                self._telemetry["sync"] = ClientTelemetry.of(self._sync_client)
+            return self._sync_client, self._telemetry["sync"]
 
-    def _async_client_for(self, method: str) -> AsyncClient:
-        """The async client, made from the environment on first use (under the lock)."""
+    def _async_client_for(self, method: str) -> tuple[AsyncClient, ClientTelemetry]:
+        """The async client, made from the environment on first use (under the lock), and its
+        OpenTelemetry settings."""
         if self._client_kind == "sync":
             raise TypeError(
                 f"Agent.{method}() needs an async client, but this Agent was given a synchronous "
@@ -357,7 +363,9 @@ class Agent:
         with self._lock:
             if self._async_client is None:
                 self._async_client = anthropic.AsyncAnthropic(max_retries=0)
-            return self._async_client
+            if "async" not in self._telemetry:
+                self._telemetry["async"] = ClientTelemetry.of(self._async_client)
+            return self._async_client, self._telemetry["async"]
 
 
 def _sender(client: SyncClient) -> Callable[[dict[str, Any]], Message]:

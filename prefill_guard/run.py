@@ -318,7 +318,7 @@ class Step:
         (the ``prefill_guard.attempts`` histogram)."""
         last = self._attempts[-1] if self._attempts else None
         error = last.error if last is not None and last.retry is None else None
-        record_attempts(self._sent, self.params.get("model"), error)
+        record_attempts(self._sent, str(self.params.get("model")), error)
 
     def succeeded(self, message: Message, request_id: str | None = None) -> None:
         """Record the successful attempt and append the reply to the conversation.
@@ -741,8 +741,8 @@ def run_steps(run: Run, send: Callable[[dict[str, Any]], Message]) -> RunResult:
     """Step after step: a model call (:func:`send_with_retries`), then the tools its reply
     asks for, until a reply asks for none the Agent answers, the step bound, or an Abort.
     The run's span is current throughout."""
-    send = run.trace.sender(send)
     with run.trace.whole():
+        send = run.trace.sender(send)
         try:
             while True:
                 step = run.next_step()
@@ -763,8 +763,8 @@ def run_steps(run: Run, send: Callable[[dict[str, Any]], Message]) -> RunResult:
 
 async def arun_steps(run: Run, send: Callable[[dict[str, Any]], Awaitable[Message]]) -> RunResult:
     """The async twin of :func:`run_steps`: the tool calls of one reply run at the same time."""
-    send = run.trace.async_sender(send)
     with run.trace.whole():
+        send = run.trace.async_sender(send)
         try:
             while True:
                 step = run.next_step()

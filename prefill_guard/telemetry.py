@@ -26,6 +26,8 @@ import contextlib
 import json
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, TypeVar
 
@@ -63,6 +65,7 @@ _RETRY_METRIC_KEYS = (
     "error.type",
 )
 _SCALARS = (str, bool, int, float)
+_NOTHING = contextlib.nullcontext()
 
 if metrics is not None:
     _meter = metrics.get_meter(SCOPE, _VERSION)
@@ -118,22 +121,73 @@ def record_retry(
     _retries.add(1, _attributes({key: fields.get(key) for key in _RETRY_METRIC_KEYS}))
 
 
-def record_attempts(count: int, model: object, error: BaseException | None) -> None:
+def record_attempts(count: int, model: str, error: BaseException | None) -> None:
     """One model call's requests on the ``prefill_guard.attempts`` histogram, with the
     ``error.type`` that ended it, if one did."""
     if trace is None:
         return
-    fields = {"gen_ai.request.model": model, "error.type": _error_type(error)}
-    _attempts.record(count, _attributes(fields))
+    attributes = {"gen_ai.request.model": model}
+    if error is not None:
+        attributes["error.type"] = type(error).__name__
+    _attempts.record(count, attributes)
+
+
+def _sdk_options(client: object) -> Mapping[str, Any] | None:
+    """The client's resolved ``open_telemetry`` option (anthropic 1.14 and later), or ``None``."""
+    options = getattr(client, "open_telemetry", None)
+    return options if isinstance(options, Mapping) else None
+
+
+def _content_mode(options: Mapping[str, Any] | None) -> bool:
+    if options is not None:
+        return bool(options["traces"]["content_mode"] == "content")
+    return os.environ.get(CONTENT_MODE_VARIABLE, "").lower() == "content"
 
 
 def captures_content(client: object = None) -> bool:
     """Whether content capture is on for ``client``, by the SDK's own switch: the client's
     ``open_telemetry`` option (anthropic 1.14 and later), else the environment variable."""
-    options = getattr(client, "open_telemetry", None)
-    if isinstance(options, Mapping):
-        return bool(options["traces"]["content_mode"] == "content")
-    return os.environ.get(CONTENT_MODE_VARIABLE, "").lower() == "content"
+    return _content_mode(_sdk_options(client))
+
+
+def _tracer(options: Mapping[str, Any] | None) -> Tracer | None:
+    """The tracer for a client's runs: from the provider that its option names, else the global
+    one; ``None`` when there is none (the global one is still OpenTelemetry's placeholder)."""
+    if trace is None:
+        return None
+    provider = options.get("tracer_provider") if options is not None else None
+    if provider is None:
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+            return None
+    tracer: Tracer = provider.get_tracer(SCOPE, _VERSION)
+    return tracer
+
+
+@dataclass(frozen=True)
+class ClientTelemetry:
+    """A client's OpenTelemetry settings, as its runs need them, read once per client (the SDK
+    fixes its own when it makes the client; the Agent reads these when it first uses it).
+
+    ``sdk_traces``: the SDK makes a span for each call itself (anthropic 1.14 and later, its
+    tracing on). ``captures_content``: the SDK's content capture is on (:func:`captures_content`).
+    ``tracer``: for the runs' spans, from the provider that the client's option names, else
+    the global one; ``None`` without OpenTelemetry or a provider.
+    """
+
+    sdk_traces: bool = False
+    captures_content: bool = False
+    tracer: Tracer | None = None
+
+    @classmethod
+    def of(cls, client: object) -> ClientTelemetry:
+        """The settings of ``client``."""
+        options = _sdk_options(client)
+        return cls(
+            sdk_traces=options is not None and bool(options["traces"]["enabled"]),
+            captures_content=_content_mode(options),
+            tracer=_tracer(options),
+        )
 
 
 def _part(block: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,10 +226,6 @@ def input_messages(messages: Sequence[Mapping[str, Any]]) -> str:
     return json.dumps(converted, ensure_ascii=False, default=str)
 
 
-def _error_type(error: BaseException | None) -> str | None:
-    return None if error is None else type(error).__name__
-
-
 def _failed(span: Span, error: BaseException) -> None:
     span.set_attribute("error.type", type(error).__name__)
     status_code = getattr(error, "status_code", None)
@@ -212,25 +262,19 @@ class RunTrace:
     """The spans of one Agent run, started when first used.
 
     Nothing is made without OpenTelemetry, or when the run's span does not record (no tracer
-    provider configured, or the trace sampled out). ``sdk_traces`` says that the SDK makes a
-    span for each model call itself, so the run makes no ``chat`` spans of its own.
+    provider configured, or the trace sampled out). When the SDK makes a span for each model
+    call itself (``client.sdk_traces``), the run makes no ``chat`` spans of its own.
     """
 
     @classmethod
     def off(cls) -> RunTrace:
         """A run's trace that makes no span (a run made outside an Agent)."""
-        run_trace = cls(None, agent="", model="")
-        run_trace._tracer = None
-        return run_trace
+        return cls(ClientTelemetry(), agent="", model="")
 
-    def __init__(self, client: object, *, agent: str, model: str) -> None:
-        options = getattr(client, "open_telemetry", None)
-        self.sdk_traces = isinstance(options, Mapping) and bool(options["traces"]["enabled"])
-        self.captures_content = captures_content(client)
-        provider = options.get("tracer_provider") if isinstance(options, Mapping) else None
-        self._tracer: Tracer | None = (
-            None if trace is None else trace.get_tracer(SCOPE, _VERSION, provider)
-        )
+    def __init__(self, client: ClientTelemetry, *, agent: str, model: str) -> None:
+        self.sdk_traces = client.sdk_traces
+        self.captures_content = client.captures_content
+        self._tracer = client.tracer
         self._agent = agent
         self._model = model
         self._span: Span | None = None
@@ -255,21 +299,23 @@ class RunTrace:
             self._span = span
         return self._span
 
-    @contextlib.contextmanager
-    def current(self) -> Iterator[None]:
+    def current(self) -> AbstractContextManager[object]:
         """Make the run's span the current one: what the SDK and processors record inside
         (its call spans, the retry and repair events) goes under it."""
         span = self._run_span()
         if span is None:
-            yield
-            return
-        with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-            yield
+            return _NOTHING
+        return trace.use_span(span, record_exception=False, set_status_on_exception=False)
 
-    @contextlib.contextmanager
-    def whole(self) -> Iterator[None]:
+    def whole(self) -> AbstractContextManager[object]:
         """The run's span current for the whole block, and ended with it (with the error
         that left it, if one did)."""
+        if self._run_span() is None:
+            return _NOTHING
+        return self._current_until_ended()
+
+    @contextlib.contextmanager
+    def _current_until_ended(self) -> Iterator[None]:
         try:
             with self.current():
                 yield

@@ -568,6 +568,7 @@ _SCRIPT = textwrap.dedent(
         assert result.retried_by == ("prefill-error-handler",), result.retried_by
         with agent.stream("Hi") as stream:
             assert stream.get_final_message().content
+        assert telemetry.ClientTelemetry.of(c).tracer is None  # no span is even started
     print("ok")
     """
 )
