@@ -57,8 +57,9 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
     skipped, the original error when nobody retries.
 
     ``captures_content`` puts the messages actually sent on the retry and repair span events
-    (:mod:`prefill_guard.telemetry`): on when the SDK's content capture is, by its environment
-    variable when the middleware is made, or by the client's option for :func:`guard`.
+    (:mod:`prefill_guard.telemetry`). :func:`guard` sets it by the client's own switch (its
+    ``open_telemetry`` option, or the SDK's environment variable); it is off otherwise, and
+    always for :func:`install`, whose one middleware serves clients with different switches.
     """
 
     def __init__(
@@ -70,7 +71,7 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
         chosen = default_processors() if processors is None else processors
         self.pipeline = Pipeline(chosen, max_processor_retries=max_processor_retries)
         self.enabled = True
-        self.captures_content = captures_content()
+        self.captures_content = False
 
     def __repr__(self) -> str:
         ids = [getattr(p, "id", "?") for p in self.pipeline.processors]
@@ -93,6 +94,7 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
                 return response
             response.http_response.read()
             if _sdk_will_retry(request, response):
+                run.hands_back = True
                 return response
             failed.append(response)
             raise status_error_from_response(response)
@@ -121,6 +123,7 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
                 return response
             await response.http_response.aread()
             if _sdk_will_retry(request, response):
+                run.hands_back = True
                 return response
             failed.append(response)
             raise status_error_from_response(response)

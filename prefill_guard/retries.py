@@ -207,7 +207,7 @@ class RetryPolicy:
         self,
         details: RetryDetails,
         *,
-        model: object = None,
+        model: str | None = None,
         content: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         """Log the retry at INFO (no message contents, no key; the fields in ``extra``, for

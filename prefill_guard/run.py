@@ -289,6 +289,9 @@ class Step:
         self._consults = consults
         self._captures_content = captures_content
         self._sent = 0
+        self.hands_back = False
+        """Set when the step's last response goes back to the SDK, which retries it itself
+        (the guarded client): the model call is not over, so its attempts are not recorded."""
         self.stored_reply: RawMessage | None = None
         """The reply as the conversation holds it, once :meth:`succeeded` appended it."""
         self._attempts: list[Attempt] = []
@@ -313,12 +316,11 @@ class Step:
         self._sent += 1
         return {**self.params, "messages": self.messages.to_api()}
 
-    def report_attempts(self) -> None:
-        """Record how many requests the step sent, and the error it ended with if it gave up
+    def report_attempts(self, error: BaseException | None) -> None:
+        """Record how many requests the step sent, and the error that ended it, if one did
         (the ``prefill_guard.attempts`` histogram)."""
-        last = self._attempts[-1] if self._attempts else None
-        error = last.error if last is not None and last.retry is None else None
-        record_attempts(self._sent, str(self.params.get("model")), error)
+        if not self.hands_back:
+            record_attempts(self._sent, str(self.params.get("model")), error)
 
     def succeeded(self, message: Message, request_id: str | None = None) -> None:
         """Record the successful attempt and append the reply to the conversation.
@@ -544,8 +546,9 @@ def send_with_retries(step: Step, send: Callable[[dict[str, Any]], T]) -> T:
     ``send`` makes one attempt from a request (the SDK's own errors propagate from it). When
     neither a transient retry nor a processor answers a failure, the caller gets that very
     exception object. The SDK's retry loop has the same shape. However it ends, the number of
-    requests it sent is recorded (:meth:`Step.report_attempts`).
+    requests it sent is recorded, with what ended it (:meth:`Step.report_attempts`).
     """
+    ended_by: BaseException | None = None
     try:
         while True:
             try:
@@ -556,12 +559,16 @@ def send_with_retries(step: Step, send: Callable[[dict[str, Any]], T]) -> T:
                     raise
             if wait:
                 step.policy.sleep_sync(wait)
+    except BaseException as error:
+        ended_by = error
+        raise
     finally:
-        step.report_attempts()
+        step.report_attempts(ended_by)
 
 
 async def asend_with_retries(step: Step, send: Callable[[dict[str, Any]], Awaitable[T]]) -> T:
     """The async twin of :func:`send_with_retries`; ``async def`` processors are awaited."""
+    ended_by: BaseException | None = None
     try:
         while True:
             try:
@@ -572,8 +579,11 @@ async def asend_with_retries(step: Step, send: Callable[[dict[str, Any]], Awaita
                     raise
             if wait:
                 await step.policy.sleep_async(wait)
+    except BaseException as error:
+        ended_by = error
+        raise
     finally:
-        step.report_attempts()
+        step.report_attempts(ended_by)
 
 
 class Run:

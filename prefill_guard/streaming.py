@@ -146,13 +146,13 @@ def _stopped(events: list[StreamEvent]) -> bool:
     return any(event.type == "message_stop" for event in events)
 
 
-Opened: TypeAlias = "tuple[MessageStreamManager, MessageStream, list[StreamEvent], ChatSpan]"
-AsyncOpened: TypeAlias = (
+_Opened: TypeAlias = "tuple[MessageStreamManager, MessageStream, list[StreamEvent], ChatSpan]"
+_AsyncOpened: TypeAlias = (
     "tuple[AsyncMessageStreamManager, AsyncMessageStream, list[StreamEvent], ChatSpan]"
 )
 
 
-def _open(client: SyncClient, trace: RunTrace, request: dict[str, Any]) -> Opened:
+def _open(client: SyncClient, trace: RunTrace, request: dict[str, Any]) -> _Opened:
     """One attempt: send the request and read events up to the first content event; the
     attempt's ``chat`` span goes on until the step's stream ends."""
     chat = trace.chat(request)
@@ -179,7 +179,7 @@ def _open(client: SyncClient, trace: RunTrace, request: dict[str, Any]) -> Opene
     return manager, stream, head, chat
 
 
-async def _aopen(client: AsyncClient, trace: RunTrace, request: dict[str, Any]) -> AsyncOpened:
+async def _aopen(client: AsyncClient, trace: RunTrace, request: dict[str, Any]) -> _AsyncOpened:
     """The async twin of :func:`_open`."""
     chat = trace.chat(request)
     try:
@@ -368,11 +368,13 @@ class AgentStream:
         state = self._state
         state.closed = True
         state.run.unanswered()  # left before a reply's tools ran: the reply goes
-        if state.current is not None:
-            state.current.chat.end(error=exc)
-        state.run.trace.end(exc)
-        if self._manager is not None:
-            self._manager.__exit__(exc_type, exc, traceback)
+        try:
+            if self._manager is not None:
+                self._manager.__exit__(exc_type, exc, traceback)
+        finally:  # the SDK's call span has ended with the stream: now the run's spans
+            if state.current is not None:
+                state.current.chat.end(error=exc)
+            state.run.trace.end(exc)
 
     def _open_step(self) -> None:
         run = self._state.run
@@ -433,6 +435,9 @@ class AgentStream:
         if not run.finished:
             return None
         result = run.result()
+        if self._manager is not None:  # the last stream is done: closed inside the run's span
+            manager, self._manager = self._manager, None
+            manager.__exit__(None, None, None)
         run.trace.end()
         return result
 
@@ -503,11 +508,13 @@ class AsyncAgentStream:
         state = self._state
         state.closed = True
         state.run.unanswered()  # left before a reply's tools ran: the reply goes
-        if state.current is not None:
-            state.current.chat.end(error=exc)
-        state.run.trace.end(exc)
-        if self._manager is not None:
-            await self._manager.__aexit__(exc_type, exc, traceback)
+        try:
+            if self._manager is not None:
+                await self._manager.__aexit__(exc_type, exc, traceback)
+        finally:  # the SDK's call span has ended with the stream: now the run's spans
+            if state.current is not None:
+                state.current.chat.end(error=exc)
+            state.run.trace.end(exc)
 
     async def _open_step(self) -> None:
         run = self._state.run
@@ -567,6 +574,9 @@ class AsyncAgentStream:
         if not run.finished:
             return None
         result = run.result()
+        if self._manager is not None:  # the last stream is done: closed inside the run's span
+            manager, self._manager = self._manager, None
+            await manager.__aexit__(None, None, None)
         run.trace.end()
         return result
 

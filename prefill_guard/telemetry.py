@@ -1,7 +1,8 @@
 """OpenTelemetry for runs: spans, span events and metrics, when ``opentelemetry-api`` is installed.
 
-The ``prefill-guard[otel]`` extra installs it; without it nothing here does anything, and with it
-but no provider configured, only OpenTelemetry's own no-op objects are touched.
+The ``prefill-guard[otel]`` extra installs it; without it nothing here does anything. With it
+but no tracer provider configured, a run makes no span at all (the provider is looked up once
+per client: :class:`ClientTelemetry`), and the metrics go to OpenTelemetry's no-op instruments.
 
 - **Spans**, by the GenAI semantic conventions: an Agent run is an ``invoke_agent {name}`` span;
   each model call a ``chat {model}`` CLIENT span under it, unless the anthropic SDK makes its own
@@ -23,18 +24,21 @@ but no provider configured, only OpenTelemetry's own no-op objects are touched.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Any, TypeVar
+from typing import Any
 
 from anthropic.types import Message, ToolUseBlock
 
 try:
     from opentelemetry import metrics, trace
+    from opentelemetry.metrics import Counter, Histogram
     from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 except ImportError:  # the optional [otel] extra
     metrics = None  # type: ignore[assignment]
@@ -43,6 +47,7 @@ except ImportError:  # the optional [otel] extra
 __all__ = [
     "CONTENT_MODE_VARIABLE",
     "ChatSpan",
+    "ClientTelemetry",
     "RunTrace",
     "captures_content",
     "input_messages",
@@ -51,7 +56,7 @@ __all__ = [
     "record_retry",
 ]
 
-T = TypeVar("T")
+logger = logging.getLogger("prefill_guard")
 
 SCOPE = "prefill_guard"
 _VERSION = version("prefill-guard")
@@ -67,19 +72,38 @@ _RETRY_METRIC_KEYS = (
 _SCALARS = (str, bool, int, float)
 _NOTHING = contextlib.nullcontext()
 
-if metrics is not None:
-    _meter = metrics.get_meter(SCOPE, _VERSION)
-    _retries = _meter.create_counter(
-        "prefill_guard.retries",
-        unit="{retry}",
-        description="Requests sent again: unchanged (transient) or repaired by a processor",
-    )
-    _attempts = _meter.create_histogram(
-        "prefill_guard.attempts",
-        unit="{attempt}",
-        description="Requests sent for one model call, the retries included",
-        explicit_bucket_boundaries_advisory=[1, 2, 3, 4, 5, 6, 8, 10],
-    )
+
+def _instruments() -> tuple[Counter, Histogram] | None:
+    """The counter and the histogram, or ``None`` if OpenTelemetry cannot make them (it is not
+    installed, or the environment names a meter provider that does not load): the library then
+    records no metrics, as the SDK then makes no spans. opentelemetry-api before 1.30 takes no
+    bucket advice; the histogram then has the provider's default buckets."""
+    if metrics is None:
+        return None
+    try:
+        meter = metrics.get_meter(SCOPE, _VERSION)
+        retries = meter.create_counter(
+            "prefill_guard.retries",
+            unit="{retry}",
+            description="Requests sent again: unchanged (transient) or repaired by a processor",
+        )
+        histogram = functools.partial(
+            meter.create_histogram,
+            "prefill_guard.attempts",
+            unit="{attempt}",
+            description="Requests sent for one model call, the retries included",
+        )
+        try:
+            attempts = histogram(explicit_bucket_boundaries_advisory=[1, 2, 3, 4, 5, 6, 8, 10])
+        except TypeError:
+            attempts = histogram()
+    except Exception:
+        logger.warning("OpenTelemetry cannot make meters; no metrics are recorded", exc_info=True)
+        return None
+    return retries, attempts
+
+
+_INSTRUMENTS = _instruments()
 
 
 def _attributes(fields: Mapping[str, object]) -> dict[str, Any]:
@@ -115,21 +139,22 @@ def record_retry(
 ) -> None:
     """A retry: an event on the current span (:func:`record_event`) and one on the
     ``prefill_guard.retries`` counter, by kind, processor, model and error type."""
-    if trace is None:
-        return
     record_event("prefill_guard.retry", fields, content)
-    _retries.add(1, _attributes({key: fields.get(key) for key in _RETRY_METRIC_KEYS}))
+    if _INSTRUMENTS is not None:
+        retries, _ = _INSTRUMENTS
+        retries.add(1, _attributes({key: fields.get(key) for key in _RETRY_METRIC_KEYS}))
 
 
 def record_attempts(count: int, model: str, error: BaseException | None) -> None:
     """One model call's requests on the ``prefill_guard.attempts`` histogram, with the
     ``error.type`` that ended it, if one did."""
-    if trace is None:
+    if _INSTRUMENTS is None:
         return
+    _, attempts = _INSTRUMENTS
     attributes = {"gen_ai.request.model": model}
     if error is not None:
         attributes["error.type"] = type(error).__name__
-    _attempts.record(count, attributes)
+    attempts.record(count, attributes)
 
 
 def _sdk_options(client: object) -> Mapping[str, Any] | None:
@@ -139,6 +164,8 @@ def _sdk_options(client: object) -> Mapping[str, Any] | None:
 
 
 def _content_mode(options: Mapping[str, Any] | None) -> bool:
+    """Whether the SDK's switch says to capture content: the client's resolved option, or,
+    for a client without one, the environment variable."""
     if options is not None:
         return bool(options["traces"]["content_mode"] == "content")
     return os.environ.get(CONTENT_MODE_VARIABLE, "").lower() == "content"
@@ -155,12 +182,16 @@ def _tracer(options: Mapping[str, Any] | None) -> Tracer | None:
     one; ``None`` when there is none (the global one is still OpenTelemetry's placeholder)."""
     if trace is None:
         return None
-    provider = options.get("tracer_provider") if options is not None else None
-    if provider is None:
-        provider = trace.get_tracer_provider()
-        if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
-            return None
-    tracer: Tracer = provider.get_tracer(SCOPE, _VERSION)
+    try:
+        provider = options.get("tracer_provider") if options is not None else None
+        if provider is None:
+            provider = trace.get_tracer_provider()
+            if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+                return None
+        tracer: Tracer = provider.get_tracer(SCOPE, _VERSION)
+    except Exception:  # a provider named by OTEL_PYTHON_TRACER_PROVIDER that does not load
+        logger.warning("OpenTelemetry cannot give a tracer; the runs make no spans", exc_info=True)
+        return None
     return tracer
 
 
@@ -191,6 +222,8 @@ class ClientTelemetry:
 
 
 def _part(block: Mapping[str, Any]) -> dict[str, Any]:
+    """One content block as a part of the conventions' message (text, reasoning, a tool call
+    or its response; any other block by its type only)."""
     kind = block.get("type")
     if kind == "text":
         return {"type": "text", "content": block.get("text")}
@@ -240,6 +273,12 @@ class ChatSpan:
     def __init__(self, span: Span | None) -> None:
         self.span = span
 
+    def current(self) -> AbstractContextManager[object]:
+        """Make the span the current one (an HTTP client's own spans nest under it)."""
+        if self.span is None:
+            return _NOTHING
+        return trace.use_span(self.span, record_exception=False, set_status_on_exception=False)
+
     def end(self, message: Message | None = None, error: BaseException | None = None) -> None:
         """End the span, with the reply's id, model, stop reason and token usage, or the
         error; a second call does nothing."""
@@ -263,7 +302,7 @@ class RunTrace:
 
     Nothing is made without OpenTelemetry, or when the run's span does not record (no tracer
     provider configured, or the trace sampled out). When the SDK makes a span for each model
-    call itself (``client.sdk_traces``), the run makes no ``chat`` spans of its own.
+    call itself (``settings.sdk_traces``), the run makes no ``chat`` spans of its own.
     """
 
     @classmethod
@@ -271,17 +310,18 @@ class RunTrace:
         """A run's trace that makes no span (a run made outside an Agent)."""
         return cls(ClientTelemetry(), agent="", model="")
 
-    def __init__(self, client: ClientTelemetry, *, agent: str, model: str) -> None:
-        self.sdk_traces = client.sdk_traces
-        self.captures_content = client.captures_content
-        self._tracer = client.tracer
+    def __init__(self, settings: ClientTelemetry, *, agent: str, model: str) -> None:
+        self.sdk_traces = settings.sdk_traces
+        self.captures_content = settings.captures_content
+        self._tracer = settings.tracer
         self._agent = agent
         self._model = model
         self._span: Span | None = None
         self._ended = False
 
     def _run_span(self) -> Span | None:
-        """The run's span, started on first use; ``None`` when it would not record."""
+        """The run's span, started on first use. One that does not record (the trace sampled
+        out) is kept too: current, it carries the trace's context to the SDK's spans."""
         if self._tracer is None or self._ended:
             return None
         if self._span is None:
@@ -291,13 +331,15 @@ class RunTrace:
                 "gen_ai.request.model": self._model,
                 **_PROVIDER,
             }
-            span = self._tracer.start_span(f"invoke_agent {self._agent}", attributes=attributes)
-            if not span.is_recording():
-                span.end()
-                self._tracer = None
-                return None
-            self._span = span
+            self._span = self._tracer.start_span(
+                f"invoke_agent {self._agent}", attributes=attributes
+            )
         return self._span
+
+    def _recording_parent(self) -> Span | None:
+        """The run's span if it records: the parent of the spans the run makes itself."""
+        span = self._run_span()
+        return span if span is not None and span.is_recording() else None
 
     def current(self) -> AbstractContextManager[object]:
         """Make the run's span the current one: what the SDK and processors record inside
@@ -342,7 +384,7 @@ class RunTrace:
     def chat(self, request: Mapping[str, Any]) -> ChatSpan:
         """The ``chat {model}`` span of one model call, under the run's, not made current;
         none when the SDK makes its own."""
-        parent = None if self.sdk_traces else self._run_span()
+        parent = None if self.sdk_traces else self._recording_parent()
         if parent is None or self._tracer is None:
             return ChatSpan(None)
         model = request.get("model", self._model)
@@ -373,7 +415,8 @@ class RunTrace:
         def traced(request: dict[str, Any]) -> Message:
             chat = self.chat(request)
             try:
-                message = send(request)
+                with chat.current():
+                    message = send(request)
             except BaseException as error:
                 chat.end(error=error)
                 raise
@@ -392,7 +435,8 @@ class RunTrace:
         async def traced(request: dict[str, Any]) -> Message:
             chat = self.chat(request)
             try:
-                message = await send(request)
+                with chat.current():
+                    message = await send(request)
             except BaseException as error:
                 chat.end(error=error)
                 raise
@@ -405,7 +449,7 @@ class RunTrace:
     def tool(self, use: ToolUseBlock) -> Iterator[Callable[[bool], None]]:
         """An ``execute_tool {name}`` span around one tool call, current inside (the tool's own
         spans nest under it); the block calls what it yields with whether the tool failed."""
-        parent = self._run_span()
+        parent = self._recording_parent()
         if parent is None or self._tracer is None:
             yield _ignore
             return

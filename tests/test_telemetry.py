@@ -22,7 +22,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from prefill_guard import Abort, Agent, PrefillErrorHandler, guard
+from prefill_guard import Abort, Agent, PrefillErrorHandler, guard, install, uninstall
 from prefill_guard.testing import AnthropicEmulator, Fault, tool_use
 
 from .conftest import Harness, require, treat_like
@@ -35,6 +35,12 @@ from opentelemetry.sdk.metrics.export import (  # noqa: E402
     InMemoryMetricReader,
 )
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.sampling import (  # noqa: E402
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+)
 from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 
 SECRET = "Suggest a name for a grey cat."
@@ -308,6 +314,59 @@ async def test_a_run_that_fails_ends_its_span_with_the_error(
     assert chat.status.status_code is StatusCode.ERROR
 
 
+@pytest.mark.parametrize("harness", ["stream", "astream"], indirect=True)
+async def test_a_stream_left_early_ends_every_span(otel: Telemetry, harness: Harness) -> None:
+    """The consumer leaves after the first text: the run's span and the request's span end
+    (the SDK's call span, with its tracing on, before the run's)."""
+    for options in (SDK_OFF, *([SDK_ON] if SDK_TRACES else [])):
+        otel.recorder.spans.clear()
+        agent = harness.agent("claude-opus-4-6", name="leaver", client_kwargs=options)
+        if harness.driver == "stream":
+            with agent.stream(SECRET) as stream:
+                next(iter(stream.text_stream))
+        else:
+            async with agent.astream(SECRET) as astream:
+                await astream.text_stream.__anext__()
+        run = otel.one("invoke_agent leaver")
+        calls = otel.named(
+            "anthropic.messages.create" if options is SDK_ON else "chat claude-opus-4-6"
+        )
+        assert len(calls) == 1
+        assert _is_child(calls[0], run)
+        assert (calls[0].end_time or 0) <= (run.end_time or 0)
+
+
+class _DropsRuns(Sampler):
+    """Samples every root span but the runs'."""
+
+    def should_sample(
+        self, parent_context: Any, trace_id: int, name: str, *args: Any, **kwargs: Any
+    ) -> SamplingResult:
+        if name.startswith("invoke_agent"):
+            return SamplingResult(Decision.DROP)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE)
+
+    def get_description(self) -> str:
+        return "drops runs"
+
+
+@pytest.mark.skipif(not SDK_TRACES, reason="this anthropic SDK has no tracing (1.14 and later)")
+def test_a_run_sampled_out_takes_its_requests_with_it(acme_emulator: AnthropicEmulator) -> None:
+    """With parent-based sampling, the SDK's call spans follow the run's decision: a run
+    sampled out records none of them (they are not roots of traces of their own)."""
+    recorder = _Recorder()
+    recorder.on = True
+    provider = TracerProvider(sampler=ParentBased(_DropsRuns()))
+    provider.add_span_processor(recorder)
+    options: dict[str, Any] = {"open_telemetry": {"tracer_provider": provider}}
+    with acme_emulator.client(**options) as client:
+        agent = Agent("acme-1", client=client, error_processors=[PrefillErrorHandler()])
+        assert agent.generate(ENDS_WITH_ASSISTANT).retried_by == ("prefill-error-handler",)
+        with provider.get_tracer("test").start_as_current_span("sampled"):
+            pass
+    assert [span.name for span in recorder.spans] == ["sampled"]
+
+
 class GivesUp:
     """Stops the run on any error."""
 
@@ -455,6 +514,33 @@ def test_a_call_that_gives_up_is_in_the_histogram_with_its_error_type(
     assert point.sum == 1
 
 
+def test_an_abort_is_in_the_histogram_with_its_type(
+    otel: Telemetry, acme_emulator: AnthropicEmulator
+) -> None:
+    with acme_emulator.client(**SDK_OFF) as client:
+        agent = Agent("acme-1", client=client, error_processors=[GivesUp()])
+        with pytest.raises(Abort):
+            agent.generate(ENDS_WITH_ASSISTANT)
+    (point,) = otel.points()["prefill_guard.attempts"]
+    assert dict(point.attributes) == {"gen_ai.request.model": "acme-1", "error.type": "Abort"}
+
+
+def test_a_guarded_call_the_sdk_retried_is_one_point_in_the_histogram(
+    otel: Telemetry, acme_emulator: AnthropicEmulator
+) -> None:
+    """The SDK retries a 529 itself, then the guard repairs the prefill 400: one model call,
+    one point, with the guard's two requests of the SDK's last attempt."""
+    acme_emulator.script(Fault(529, headers={"retry-after-ms": "1"}))
+    with (
+        acme_emulator.client(max_retries=1, **SDK_OFF) as client,
+        guard(client) as guarded,
+    ):
+        guarded.messages.create(model="acme-1", max_tokens=16, messages=ENDS_WITH_ASSISTANT)
+    assert len(acme_emulator.message_requests) == 3
+    (point,) = otel.points()["prefill_guard.attempts"]
+    assert (point.count, point.sum) == (1, 2)
+
+
 def test_a_guarded_clients_retries_are_counted(
     otel: Telemetry, acme_emulator: AnthropicEmulator
 ) -> None:
@@ -537,6 +623,25 @@ def test_with_content_capture_a_proactive_repair_event_holds_what_was_sent(
     assert _sent(event["gen_ai.input.messages"]) == _sent_by_the_emulator(anthropic_emulator)
 
 
+def test_install_never_records_content(
+    otel: Telemetry, acme_emulator: AnthropicEmulator, content_capture: dict[str, Any]
+) -> None:
+    """One installed middleware serves clients with different switches: its events carry no
+    content, whatever the environment says (guard(client) follows the client's)."""
+    install()
+    try:
+        with (
+            acme_emulator.client(**content_capture) as client,
+            TRACER.start_as_current_span("caller"),
+        ):
+            client.messages.create(model="acme-1", max_tokens=16, messages=ENDS_WITH_ASSISTANT)
+    finally:
+        uninstall()
+    (event,) = _events(otel.one("caller"), "prefill_guard.retry")
+    assert "gen_ai.input.messages" not in event
+    assert SECRET not in otel.everything()
+
+
 async def test_without_content_capture_nothing_recorded_holds_text_or_tool_input(
     otel: Telemetry, harness: Harness
 ) -> None:
@@ -574,22 +679,33 @@ _SCRIPT = textwrap.dedent(
 )
 
 
+_BROKEN_PROVIDERS = {
+    "OTEL_PYTHON_TRACER_PROVIDER": "no_such_provider",
+    "OTEL_PYTHON_METER_PROVIDER": "no_such_provider",
+}
+"""An environment that names providers which do not load (the SDK then makes no spans)."""
+
+
 @pytest.mark.parametrize(
-    ("setup", "without"),
+    ("setup", "environment", "without"),
     [
-        ("", "False"),
+        ("", {}, "False"),
+        ("", _BROKEN_PROVIDERS, "False"),
         (
             # the SDK (1.14 and later) imports it itself: only prefill_guard goes without
             "import anthropic\n"
             "names = [n for n in sys.modules if n.startswith('opentelemetry')]\n"
             "for name in ['opentelemetry', *names]:\n"
             "    sys.modules[name] = None",
+            {},
             "True",
         ),
     ],
-    ids=["no-provider", "no-opentelemetry"],
+    ids=["no-provider", "providers-that-do-not-load", "no-opentelemetry"],
 )
-def test_runs_work_with_no_provider_and_without_opentelemetry(setup: str, without: str) -> None:
+def test_runs_work_with_no_provider_and_without_opentelemetry(
+    setup: str, environment: dict[str, str], without: str
+) -> None:
     """In a process of its own (this one has global providers set): a recovered generation and
     a stream, with nothing to record to."""
     done = subprocess.run(
@@ -597,7 +713,7 @@ def test_runs_work_with_no_provider_and_without_opentelemetry(setup: str, withou
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONWARNINGS": "error"},
+        env={**os.environ, "PYTHONWARNINGS": "error", **environment},
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == [f"without opentelemetry: {without}", "ok"]
