@@ -300,9 +300,10 @@ class ChatSpan:
 class RunTrace:
     """The spans of one Agent run, started when first used.
 
-    Nothing is made without OpenTelemetry, or when the run's span does not record (no tracer
-    provider configured, or the trace sampled out). When the SDK makes a span for each model
-    call itself (``settings.sdk_traces``), the run makes no ``chat`` spans of its own.
+    Nothing is made without OpenTelemetry or a tracer provider. A run whose trace is sampled
+    out keeps its unrecorded span current and makes no spans under it. When the SDK makes a
+    span for each model call itself (``settings.sdk_traces``), the run makes no ``chat`` spans
+    of its own.
     """
 
     @classmethod
