@@ -11,11 +11,14 @@ a stream had delivered when an error cut it (:func:`partial_text`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import anthropic
+import httpx2
 from anthropic import APIResponse, APIResponseValidationError, APIStatusError, AsyncAPIResponse
 from anthropic.types import Message
 
@@ -29,6 +32,7 @@ __all__ = [
     "reply_from_response",
     "search_error",
     "set_partial_text",
+    "status_error_from_http",
     "status_error_from_response",
 ]
 
@@ -72,6 +76,38 @@ def status_error_from_response(
     if not isinstance(error, APIStatusError):  # pragma: no cover - defensive, never seen
         raise TypeError(f"the SDK built {type(error).__name__}, not an APIStatusError")
     return error
+
+
+def status_error_from_http(
+    status_code: int,
+    headers: list[tuple[bytes, bytes]],
+    content: bytes,
+    *,
+    method: str,
+    url: str,
+) -> APIStatusError:
+    """The typed error the SDK would raise for this error response, which came another way.
+
+    For drivers outside the SDK (LiteLLM's HTTP client): processors see the class and body a
+    guarded anthropic client gives them. ``content`` is the body as sent (still encoded when
+    ``headers`` name a content encoding).
+    """
+    response = httpx2.Response(
+        status_code,
+        headers=headers,
+        content=content,
+        request=httpx2.Request(method, url),
+    )
+    error: object = _error_builder()._make_status_error_from_response(response)
+    if not isinstance(error, APIStatusError):  # pragma: no cover - defensive, never seen
+        raise TypeError(f"the SDK built {type(error).__name__}, not an APIStatusError")
+    return error
+
+
+@functools.cache
+def _error_builder() -> anthropic.Anthropic:
+    """A client that never sends anything: the SDK builds its typed errors on a client."""
+    return anthropic.Anthropic(api_key="unused: builds errors only", middleware=[])
 
 
 _UNREADABLE = (UnicodeDecodeError, json.JSONDecodeError)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import inspect
 import logging
 import threading
@@ -30,6 +31,7 @@ from anthropic import APIRequest, APIResponse, APIStatusError, AsyncAPIResponse
 from anthropic._base_client import AsyncAPIClient, SyncAPIClient
 
 from .errors import status_error_from_response
+from .imports import when_imported
 from .messages import MessageList
 from .processors import default_processors
 from .retries import RetryPolicy
@@ -136,13 +138,22 @@ class ErrorProcessorMiddleware(anthropic.Middleware):
             return failed[0]
 
     def _run(self, request: APIRequest) -> Step | None:
-        """A run of one step over a Messages request's body, or ``None`` for anything else
-        (passed through untouched): another endpoint, or a body that is not a conversation."""
-        if not self.enabled or request.method.lower() != "post":
+        """A run of one step over a Messages request, or ``None`` for any other request."""
+        if request.method.lower() != "post":
             return None
         if urlsplit(request.url).path.rstrip("/") not in _MESSAGES_PATHS:
             return None
-        body = request.json
+        return self.step_for(request.json)
+
+    def step_for(self, body: object) -> Step | None:
+        """A run of one step over the JSON body of a Messages request, or ``None`` when the
+        guard is switched off or the body is not a conversation (then it passes untouched).
+
+        Every driver outside the SDK (LiteLLM's HTTP client) makes its runs here, so they are
+        the SDK's: the same processors, the same request shape, the same typed errors.
+        """
+        if not self.enabled:
+            return None
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return None
         try:
@@ -224,6 +235,7 @@ def guard(
 _install_lock = threading.Lock()
 _installed_middleware: ErrorProcessorMiddleware | None = None
 _patched: dict[type, tuple[Callable[..., None] | None, Callable[..., None]]] = {}
+_undo_litellm: Callable[[], None] | None = None
 _NOT_ASKED: Any = object()
 """The patched constructors' default for ``middleware``: the caller passed nothing."""
 """Each patched class: the ``__init__`` it defined itself before (None: inherited), and ours."""
@@ -277,8 +289,12 @@ def install(
     returns the installed middleware), thread-safe, and reversed by :func:`uninstall`. Since
     it guards synchronous clients too, async processors are refused: use :func:`guard` on
     async clients for those.
+
+    When LiteLLM is installed, its Anthropic calls are guarded too, by the same middleware
+    (:mod:`prefill_guard.litellm_driver`), from the moment the program imports it; install()
+    itself does not import it.
     """
-    global _installed_middleware
+    global _installed_middleware, _undo_litellm
     with _install_lock:
         if _installed_middleware is not None:
             return _installed_middleware
@@ -290,6 +306,7 @@ def install(
         for cls in _client_classes():
             _patch(cls)
         logger.info("installed prefill_guard into %d anthropic client classes", len(_patched))
+        _undo_litellm = _reach_litellm(middleware)
         return middleware
 
 
@@ -298,14 +315,18 @@ def uninstall() -> None:
 
     Only what install() did is undone: a constructor that another library wrapped after
     install() keeps its wrapper (ours, inside it, then passes every call straight through),
-    and guards made by :func:`guard` stay on.
+    and guards made by :func:`guard` stay on. LiteLLM gets back the transport and callbacks
+    it had (or, not imported yet, is left alone when it is).
     """
-    global _installed_middleware
+    global _installed_middleware, _undo_litellm
     with _install_lock:
         if _installed_middleware is None:
             return
         _installed_middleware.enabled = False
         _installed_middleware = None
+        if _undo_litellm is not None:
+            _undo_litellm()
+            _undo_litellm = None
         for cls, (original, ours) in _patched.items():
             if cls.__dict__.get("__init__") is not ours:
                 continue  # wrapped again by someone else: leave theirs in place
@@ -314,6 +335,28 @@ def uninstall() -> None:
             else:
                 cls.__init__ = original  # type: ignore[misc]
         _patched.clear()
+
+
+def _reach_litellm(middleware: ErrorProcessorMiddleware) -> Callable[[], None]:
+    """Hook the middleware's runs into LiteLLM once it is imported; return what unhooks them.
+
+    :mod:`prefill_guard.litellm_driver` imports LiteLLM, an optional package, so it is loaded
+    by name here, and only once LiteLLM itself is imported (see :mod:`prefill_guard.imports`).
+    """
+    detaches: list[Callable[[], None]] = []
+
+    def attach() -> None:
+        driver = importlib.import_module("prefill_guard.litellm_driver")
+        detaches.append(driver.attach(middleware.step_for))
+
+    cancel = when_imported("litellm", attach)
+
+    def undo() -> None:
+        cancel()
+        while detaches:
+            detaches.pop()()
+
+    return undo
 
 
 def installed() -> ErrorProcessorMiddleware | None:

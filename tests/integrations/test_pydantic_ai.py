@@ -8,7 +8,7 @@ import pytest
 from prefill_guard import PrefillErrorHandler, guard
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator, Fault
 
-from .conftest import require
+from ..conftest import require
 
 require("pydantic_ai")
 

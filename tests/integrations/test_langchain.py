@@ -10,7 +10,7 @@ import pytest
 from prefill_guard import PrefillErrorHandler, install, uninstall
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator, Fault
 
-from .conftest import require
+from ..conftest import require
 
 require("langchain_anthropic")
 
