@@ -68,3 +68,9 @@ def emulator_env(
 def roles_sent(emulator: AnthropicEmulator) -> list[str]:
     """The roles of the last Messages request's conversation, as it went out."""
     return [message["role"] for message in emulator.message_requests[-1].body["messages"]]
+
+
+def assert_repaired(emulator: AnthropicEmulator) -> None:
+    """The reactive repair happened: the rejected request, then one ending with a user turn."""
+    assert len(emulator.message_requests) == 2
+    assert roles_sent(emulator) == ["user", "assistant", "user"]

@@ -10,7 +10,7 @@ from prefill_guard import PrefillErrorHandler, install
 from prefill_guard.testing import AnthropicEmulator
 
 from ..conftest import require
-from .conftest import roles_sent
+from .conftest import assert_repaired
 
 instructor = require("instructor")
 
@@ -54,8 +54,7 @@ def test_fails_without_prefill_guard(emulator_env: AnthropicEmulator) -> None:
 def test_recovers_with_a_guarded_client(emulator_env: AnthropicEmulator) -> None:
     """from_anthropic(guard(client)): the response model is parsed from the repaired reply."""
     assert _name(guard(anthropic.Anthropic(), [PrefillErrorHandler()]), emulator_env) == "Ash"
-    assert roles_sent(emulator_env) == ["user", "assistant", "user"]
-    assert len(emulator_env.message_requests) == 2
+    assert_repaired(emulator_env)
 
 
 def test_recovers_after_install(emulator_env: AnthropicEmulator) -> None:

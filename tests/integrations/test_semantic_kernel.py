@@ -8,7 +8,7 @@ from prefill_guard import PrefillErrorHandler, install
 from prefill_guard.testing import DEFAULT_REPLY_TEXT, AnthropicEmulator
 
 from ..conftest import require
-from .conftest import roles_sent
+from .conftest import assert_repaired
 
 require("semantic_kernel")
 
@@ -45,8 +45,7 @@ async def test_recovers_with_a_guarded_client(emulator_env: AnthropicEmulator) -
     client = guard(anthropic.AsyncAnthropic(), [PrefillErrorHandler()])
     service = AnthropicChatCompletion(ai_model_id="claude-sonnet-4-6", async_client=client)
     assert await _reply(service) == DEFAULT_REPLY_TEXT
-    assert roles_sent(emulator_env) == ["user", "assistant", "user"]
-    assert len(emulator_env.message_requests) == 2
+    assert_repaired(emulator_env)
 
 
 async def test_recovers_after_install(emulator_env: AnthropicEmulator) -> None:
