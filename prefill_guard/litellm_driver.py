@@ -23,16 +23,18 @@ import logging
 import os
 import ssl
 import threading
-import weakref
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
 import httpx
 import litellm
 from anthropic import APIStatusError
 from litellm.integrations.custom_logger import CustomLogger
-from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler, get_ssl_configuration
+from litellm.llms.custom_httpx.http_handler import (
+    AsyncHTTPHandler,
+    get_ssl_configuration,
+    http2_enabled,
+)
 from litellm.types.utils import CallTypes
 
 from .errors import status_error_from_http
@@ -183,15 +185,17 @@ def _typed_error(
 class _AsyncClients(CustomLogger):  # type: ignore[misc]
     """Hands each async Anthropic call of LiteLLM a client whose transport is guarded.
 
-    One client per event loop, since LiteLLM's async transports belong to the loop that
-    opened their connections; a call that brings its own ``client`` keeps it.
+    One client per running event loop, since LiteLLM's async transports belong to the loop
+    that opened their connections; those of loops that have closed are dropped when the next
+    one is made (LiteLLM's transport then disposes of their connections). A call that brings
+    its own ``client`` keeps it.
     """
 
     def __init__(self, step_for: StepFor) -> None:
         super().__init__()
         self._step_for = step_for
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncHTTPHandler]
-        self._clients = weakref.WeakKeyDictionary()
+        self._clients: dict[asyncio.AbstractEventLoop, AsyncHTTPHandler] = {}
+        self._lock = threading.Lock()  # loops may run in several threads
 
     async def async_pre_call_deployment_hook(
         self, kwargs: dict[str, Any], call_type: CallTypes | None
@@ -203,24 +207,29 @@ class _AsyncClients(CustomLogger):  # type: ignore[misc]
         return {**kwargs, "client": self._client()}
 
     def forget(self) -> None:
-        """Drop the clients handed out: the garbage collector closes them, as it does
-        LiteLLM's own cached clients of a loop that is gone."""
-        self._clients.clear()
+        """Drop the clients handed out (calls running on them finish on them)."""
+        with self._lock:
+            self._clients.clear()
 
     def _client(self) -> AsyncHTTPHandler:
         loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            verify, cert = _ssl_settings()
-            inner = AsyncHTTPHandler.create_async_transport(
-                ssl_context=verify if isinstance(verify, ssl.SSLContext) else None,
-                ssl_verify=verify if isinstance(verify, bool) else None,
-                cert=cert,
-            ) or httpx.AsyncHTTPTransport(verify=verify, cert=cert)
-            transport = AsyncGuardTransport(inner, self._step_for)
-            client = AsyncHTTPHandler(transport=transport, client_alias="prefill_guard")
-            self._clients[loop] = client
-        return client
+        with self._lock:
+            client = self._clients.get(loop)
+            if client is None:
+                for gone in [other for other in self._clients if other.is_closed()]:
+                    del self._clients[gone]
+                client = self._clients[loop] = self._new_client()
+            return client
+
+    def _new_client(self) -> AsyncHTTPHandler:
+        verify, cert = _ssl_settings()
+        inner = AsyncHTTPHandler.create_async_transport(
+            ssl_context=verify if isinstance(verify, ssl.SSLContext) else None,
+            ssl_verify=verify if isinstance(verify, bool) else None,
+            cert=cert,
+        ) or httpx.AsyncHTTPTransport(verify=verify, cert=cert)
+        transport = AsyncGuardTransport(inner, self._step_for)
+        return AsyncHTTPHandler(transport=transport, client_alias="prefill_guard")
 
 
 def _is_anthropic(kwargs: dict[str, Any]) -> bool:
@@ -249,19 +258,19 @@ def attach(step_for: StepFor) -> Callable[[], None]:
     """Put the guard into LiteLLM's Anthropic calls, and return what takes it out again.
 
     The synchronous transport wraps the one set in ``litellm.sync_transport`` before, if any
-    (else an httpx transport with LiteLLM's SSL settings of now); detaching puts that one
-    back. LiteLLM's cached HTTP clients are dropped both times, so every client made
+    (else one that sends as LiteLLM's own clients do); detaching puts that one back (or
+    closes ours). LiteLLM's cached HTTP clients are dropped both times, so every client made
     afterwards is made with the transport in force.
     """
     with _attach_lock:
         had_one = "sync_transport" in vars(litellm)  # LiteLLM reads it with a default of None
         previous: httpx.BaseTransport | None = getattr(litellm, "sync_transport", None)
-        transport = GuardTransport(previous or _default_sync_transport(), step_for)
+        transport = GuardTransport(previous or _AsLiteLLMWould(), step_for)
         hooks = _AsyncClients(step_for)
         litellm.sync_transport = transport
         litellm.callbacks.append(hooks)
         _drop_cached_clients()
-        logger.info("installed prefill_guard into LiteLLM %s", metadata.version("litellm"))
+        logger.info("installed prefill_guard into LiteLLM")
 
     def detach() -> None:
         with _attach_lock:
@@ -274,13 +283,41 @@ def attach(step_for: StepFor) -> Callable[[], None]:
                 litellm.callbacks.remove(hooks)
             hooks.forget()
             _drop_cached_clients()
+            if previous is None:
+                transport.close()  # ours, and its connections (one the user set stays open)
 
     return detach
 
 
-def _default_sync_transport() -> httpx.BaseTransport:
-    verify, cert = _ssl_settings()
-    return httpx.HTTPTransport(verify=verify, cert=cert)
+class _AsLiteLLMWould(httpx.BaseTransport):
+    """Sends as LiteLLM's own synchronous clients do when no ``litellm.sync_transport`` is
+    set: with the environment's proxies, and LiteLLM's SSL, client certificate and HTTP/2
+    settings as they are at each request (one httpx client per set of settings)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[Any, ...], httpx.Client] = {}
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._client().send(request, stream=True)
+
+    def _client(self) -> httpx.Client:
+        verify, cert = _ssl_settings()
+        http2 = http2_enabled()
+        key = (verify, cert, http2)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                # trust_env: the environment's proxies (and NO_PROXY), as httpx's default.
+                client = httpx.Client(verify=verify, cert=cert, http2=http2, trust_env=True)
+                self._clients[key] = client
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
 
 
 def _ssl_settings() -> tuple[Any, Any]:

@@ -344,17 +344,25 @@ def _reach_litellm(middleware: ErrorProcessorMiddleware) -> Callable[[], None]:
     by name here, and only once LiteLLM itself is imported (see :mod:`prefill_guard.imports`).
     """
     detaches: list[Callable[[], None]] = []
+    undone = False
+    lock = threading.Lock()  # attach() may run in the thread importing LiteLLM
 
     def attach() -> None:
-        driver = importlib.import_module("prefill_guard.litellm_driver")
-        detaches.append(driver.attach(middleware.step_for))
+        with lock:
+            if undone:  # uninstall() came while LiteLLM was being imported
+                return
+            driver = importlib.import_module("prefill_guard.litellm_driver")
+            detaches.append(driver.attach(middleware.step_for))
 
     cancel = when_imported("litellm", attach)
 
     def undo() -> None:
+        nonlocal undone
         cancel()
-        while detaches:
-            detaches.pop()()
+        with lock:
+            undone = True
+            while detaches:
+                detaches.pop()()
 
     return undo
 

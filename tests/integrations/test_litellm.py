@@ -273,3 +273,33 @@ def test_uninstall_before_litellm_is_imported_leaves_it_alone() -> None:
     first, finders = out.splitlines()
     assert first == "None 0"
     assert "prefill_guard" not in finders
+
+
+def test_sync_calls_keep_the_environments_proxy(
+    anthropic_emulator: AnthropicEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guarded synchronous transport sends through HTTP_PROXY as LiteLLM's own does
+    (here the emulator is the proxy: it gets the request in absolute form)."""
+    install([PrefillErrorHandler()])
+    monkeypatch.setenv("HTTP_PROXY", anthropic_emulator.base_url)
+    options = {**_options(anthropic_emulator), "api_base": "http://api.anthropic.invalid"}
+    reply = litellm.completion(MODEL, ENDS_WITH_ASSISTANT, **options)
+    assert reply.choices[0].message.content == DEFAULT_REPLY_TEXT
+    paths = [request.path for request in anthropic_emulator.message_requests]
+    assert paths == ["http://api.anthropic.invalid/v1/messages"] * 2
+
+
+def test_settings_made_after_install_still_apply(anthropic_emulator: AnthropicEmulator) -> None:
+    """LiteLLM's SSL and HTTP/2 settings are read at each request, not when install() ran:
+    setting ``litellm.ssl_verify`` afterwards gives the next request a client made with it."""
+    install()
+    guarded = litellm.sync_transport
+    litellm.completion(MODEL, ENDS_WITH_ASSISTANT, **_options(anthropic_emulator))
+    before = guarded.inner._client()
+    litellm.ssl_verify = False
+    try:
+        litellm.completion(MODEL, ENDS_WITH_ASSISTANT, **_options(anthropic_emulator))
+        assert guarded.inner._client() is not before
+    finally:
+        litellm.ssl_verify = True
+    assert guarded.inner._client() is before
