@@ -302,8 +302,8 @@ class _AsLiteLLMWould(httpx.BaseTransport):
         return self._client().send(request, stream=True)
 
     def _client(self) -> httpx.Client:
-        verify, cert = _ssl_settings()
         http2 = http2_enabled()
+        verify, cert = _ssl_settings(http2=http2)
         key = (verify, cert, http2)
         with self._lock:
             client = self._clients.get(key)
@@ -320,10 +320,11 @@ class _AsLiteLLMWould(httpx.BaseTransport):
             client.close()
 
 
-def _ssl_settings() -> tuple[Any, Any]:
+def _ssl_settings(*, http2: bool = False) -> tuple[Any, Any]:
     """What LiteLLM makes its own transports with: its SSL verification setting
     (``litellm.ssl_verify``, ``SSL_CERT_FILE``, ...) and client certificate."""
-    return get_ssl_configuration(None), os.getenv("SSL_CERTIFICATE", litellm.ssl_certificate)
+    verify = get_ssl_configuration(None, http2=http2)
+    return verify, os.getenv("SSL_CERTIFICATE", litellm.ssl_certificate)
 
 
 def _drop_cached_clients() -> None:
