@@ -69,14 +69,15 @@ class GuardTransport(httpx.BaseTransport):
         self._step_for = step_for
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        step = _step(request, self._step_for)
+        original = _messages_body(request)
+        step = None if original is None else self._step_for(original)
         if step is None:
             return self.inner.handle_request(request)
         failed: list[httpx.Response] = []  # the last error response, once it came
 
         def send(body: dict[str, Any]) -> httpx.Response:
             failed.clear()
-            response = self.inner.handle_request(_rebuilt(request, body))
+            response = self.inner.handle_request(_rebuilt(request, original, body))
             if not response.is_error:
                 return response
             try:
@@ -106,14 +107,15 @@ class AsyncGuardTransport(httpx.AsyncBaseTransport):
         self._step_for = step_for
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        step = _step(request, self._step_for)
+        original = _messages_body(request)
+        step = None if original is None else self._step_for(original)
         if step is None:
             return await self.inner.handle_async_request(request)
         failed: list[httpx.Response] = []
 
         async def send(body: dict[str, Any]) -> httpx.Response:
             failed.clear()
-            response = await self.inner.handle_async_request(_rebuilt(request, body))
+            response = await self.inner.handle_async_request(_rebuilt(request, original, body))
             if not response.is_error:
                 return response
             try:
@@ -134,20 +136,20 @@ class AsyncGuardTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def _step(request: httpx.Request, step_for: StepFor) -> Step | None:
-    """The run of a Messages request, or ``None`` for anything else (passed untouched)."""
+def _messages_body(request: httpx.Request) -> object:
+    """The JSON body of a Messages request, or ``None`` for any other request."""
     if request.method != "POST" or not request.url.path.rstrip("/").endswith(_MESSAGES_PATH):
         return None
     try:
-        body = json.loads(request.content)
+        body: object = json.loads(request.content)
     except (UnicodeDecodeError, json.JSONDecodeError, httpx.RequestNotRead):
         return None
-    return step_for(body)
+    return body
 
 
-def _rebuilt(request: httpx.Request, body: dict[str, Any]) -> httpx.Request:
+def _rebuilt(request: httpx.Request, original: object, body: dict[str, Any]) -> httpx.Request:
     """The request with ``body``: the very request when the body is what it already sends."""
-    if body == json.loads(request.content):
+    if body == original:
         return request
     headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
     return httpx.Request(
